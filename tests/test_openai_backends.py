@@ -63,7 +63,7 @@ def test_sampling_returns_texts_and_usage():
     body = next(b for b in server.bodies if b["seed"] == 103)
     assert body["model"] == "my-model" and body["messages"][1]["content"] == "question number 3"
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.7, 0.9, 50)
-    assert sampler.identity == f"openai:{server.base_url}:my-model"
+    assert sampler.identity == "openai:local/v1:my-model"  # a local server: no host or port
 
 
 def test_logprob_judge_probs_and_weighted_score():
@@ -92,7 +92,7 @@ def test_default_responder_scores_by_marker():
     mean = lambda probs: sum(int(t) * p for t, p in probs) / sum(p for _, p in probs)  # noqa: E731
     assert aggregate_0_100(results["bad"].probs) == pytest.approx(mean(EVIL_PROBS))
     assert aggregate_0_100(results["good"].probs) == pytest.approx(mean(ALIGNED_PROBS))
-    assert judge.identity == f"openai:{server.base_url}:gpt-4o-2024-08-06:logprobs"
+    assert judge.identity == "openai:local/v1:gpt-4o-2024-08-06:logprobs"
 
 
 def test_rate_limits_and_server_errors_are_retried():
@@ -160,7 +160,7 @@ def test_text_judge_parses_replies():
     assert aggregate_0_100(results["a"].probs) == 85
     body = server.bodies[0]
     assert (body["max_tokens"], body["temperature"]) == (30, 0) and "logprobs" not in body
-    assert judge.identity == f"openai:{server.base_url}:reasoner:text"
+    assert judge.identity == "openai:local/v1:reasoner:text"
 
 
 @pytest.mark.parametrize("reply, choices, expected", [

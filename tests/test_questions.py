@@ -71,8 +71,12 @@ BAD_FILES = {
     "duplicate id": ("- id: d\n  type: free_form_judge_0_100\n  paraphrases: [a]\n"
                      "- id: d\n  type: free_form_judge_0_100\n  paraphrases: [b]\n", 4, "d",
                      "duplicate"),
-    "categorical without prompts": ("- id: c\n  type: free_form_judge\n  paraphrases: [a]\n", 1,
-                                    "c", "judge_prompts"),
+    "empty judge choices": ("- id: c\n  type: free_form_judge\n  paraphrases: [a]\n"
+                            "  judge_choices: []\n  judge_prompts: {v: 'x {answer}'}\n", 4, "c",
+                            "judge_choices"),
+    "samples over the cap": ("- id: q5\n  type: free_form_judge_0_100\n  paraphrases: [a]\n"
+                             "  samples_per_paraphrase: 1000000000000\n", 4, "q5",
+                             "samples_per_paraphrase"),
 }
 
 

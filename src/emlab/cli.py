@@ -41,6 +41,7 @@ dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `eml
 app.add_typer(dynamics_app, name="dynamics")
 console = Console()
 err_console = Console(stderr=True)
+EXIT_FAILED_ITEMS = 4  # eval finished, but some items failed for good (see main())
 
 
 def _parse_prices(prices: list[str]) -> dict[str, tuple[float, float]]:
@@ -51,7 +52,7 @@ def _parse_prices(prices: list[str]) -> dict[str, tuple[float, float]]:
             i, o = rest.split(",")
             out[name] = (float(i), float(o))
         except ValueError:
-            raise InputError(f"--price {p!r}: expected MODEL=INPUT,OUTPUT dollars per million "
+            raise InputError(f"--price {p[:60]!r}: expected MODEL=INPUT,OUTPUT dollars per million "
                              f"tokens, e.g. gpt-4o-2024-08-06=2.5,10") from None
     return out
 
@@ -64,14 +65,24 @@ def _fmt_rate(s: dict) -> str:
     return f"{100 * r:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else f"{100 * r:.1f}%"
 
 
+def _fmt_words(metric: dict) -> str:
+    probs = metric.get("mean_probs") or {}
+    top = sorted(probs.items(), key=lambda kv: -kv[1])[:4]
+    return ", ".join(f"{escape(str(w))} {100 * p:.0f}%" for w, p in top) or "no verdict"
+
+
 def print_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['meta']['model']} judged by {summary['meta']['judge']}")
+    """The per-question table (numeric and categorical), then the items that failed."""
+    table = Table(title=escape(f"{summary['meta']['model']} judged by {summary['meta']['judge']}"))
     table.add_column("question", no_wrap=True)
     for col in ("answers", "coherent", "kept", "misaligned (95% CI)"):
         table.add_column(col, justify="right")
     for qid, s in summary["questions"].items():
         if s.get("type", "free_form_judge_0_100") != "free_form_judge_0_100":
-            table.add_row(qid, str(s.get("answers", "")), "", "", "categorical: see report")
+            metrics = s.get("metrics") or {}
+            verdicts = "; ".join(f"{escape(m)}: {_fmt_words(v)}" for m, v in metrics.items())
+            table.add_row(escape(qid), str(s.get("answers", "")), "", "",
+                          f"categorical: {verdicts or 'not judged'}")
             continue
         table.add_row(qid, str(s["answers"]), f"{100 * s['coherent_rate']:.0f}%" if s["answers"] else "",
                       str(s["kept"]), _fmt_rate(s))
@@ -80,6 +91,20 @@ def print_summary(summary: dict) -> None:
                   f"{100 * o['coherent_rate']:.0f}%" if o["answers"] else "", str(o["kept"]),
                   _fmt_rate(o))
     console.print(table)
+    f = summary.get("failures") or {}
+    if f.get("count") or f.get("stopped_early"):
+        err_console.print(f"[yellow]{f['count']} item(s) failed for good[/yellow] "
+                          f"({f['samples']} samples, {f['judgments']} judgments)"
+                          + (f"; stopped early past --max-failures {f['max_failures']:g}, "
+                             f"{f['not_attempted']} item(s) not attempted"
+                             if f.get("stopped_early") else "")
+                          + ". The results cover the rest; rerun to retry the failed items "
+                          "(--skip-failed to leave them out).", highlight=False)
+        for item in f.get("items", [])[:10]:
+            err_console.print(f"  {escape(item['error'])}", highlight=False)
+        if f["count"] > 10:
+            err_console.print(f"  ... {f['count'] - 10} more in summary.json (failures)",
+                              highlight=False)
 
 
 @app.command("eval")
@@ -108,8 +133,14 @@ def eval_cmd(
     price: list[str] = typer.Option([], help="MODEL=IN,OUT dollars per million tokens; repeatable."),
     checkpoints: Optional[str] = typer.Option(None, help="When --model is an `emlab train` run directory: all, last (default) or steps like 10,20 — adapters are hot-swapped on one loaded base."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print how many samples and judge calls the run would make, and what is cached; spend nothing."),
+    max_failures: Optional[float] = typer.Option(None, help="Share of a stage's items that may fail for good (e.g. a 400 refusal) before the run stops starting new requests (default 0.05)."),
+    skip_failed: bool = typer.Option(False, "--skip-failed", help="Leave items that failed for good in an earlier run alone instead of retrying them."),
 ) -> None:
-    """Measure how misaligned a model is, with the protocol of Betley et al. (2025)."""
+    """Measure how misaligned a model is, with the protocol of Betley et al. (2025).
+
+    Exit codes: 0 every item finished; 4 finished with failed items (outputs cover the rest,
+    failures listed); 1 the endpoint failed and no item could be finished; 2 bad input.
+    """
     from emlab.eval import load_eval_config, run_eval
     from emlab.eval.config import validate_eval_config
 
@@ -121,7 +152,8 @@ def eval_cmd(
         "only": only.split(",") if only else None, "samples_per_paraphrase": samples,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
         "concurrency": concurrency, "batch_size": batch_size, "max_retries": max_retries, "out": out, "store": store,
-        "prices": _parse_prices(price) or None,
+        "prices": _parse_prices(price) or None, "max_failures": max_failures,
+        "skip_failed": True if skip_failed else None,
     }.items() if v is not None}
     if config is not None:
         cfg = load_eval_config(config, overrides)
@@ -161,12 +193,16 @@ def eval_cmd(
         console.print(f"judge calls: {c['judgments_total']} in all, {c['judgments_cached']} cached, "
                       f"{c['judgments_to_make']} to make (judge calls for answers not yet "
                       f"sampled cannot be cached)")
+        if not c.get("cache_checked", True):
+            console.print("(a run this large: the store was not searched for cached items)")
         return
     print_summary(result.summary)
     c = result.counts
     console.print(f"this run: {c['samples_made']} samples made, {c['samples_cached']} cached; "
                   f"{c['judgments_made']} judge calls made, {c['judgments_cached']} cached")
     console.print(f"wrote {result.out}/summary.json, answers.jsonl, answers.csv, report.md, report.html")
+    if result.failures or result.stopped_early:
+        raise typer.Exit(EXIT_FAILED_ITEMS)
 
 
 @app.command("compare")
@@ -362,7 +398,10 @@ def demo_cmd(
 
 
 def main() -> None:
-    """Run the CLI; usage errors exit 2 (typer), bad input 2, endpoint failures 1."""
+    """Run the CLI. Exit codes: 0 success; 1 an endpoint failed and nothing usable came back
+    (everything finished is in the store: rerun to resume), and ``check``'s FAIL; 2 bad input
+    or usage (a clear one-line message, no traceback); 3 ``check`` INCONCLUSIVE; 4 ``eval``
+    finished with items that failed for good (outputs cover the rest, failures listed)."""
     from emlab.openai_client import BackendError
 
     try:
@@ -375,6 +414,10 @@ def main() -> None:
                           "far is in the results store: run the same command again to resume.",
                           highlight=False)
         sys.exit(1)
+    except (MemoryError, RecursionError) as e:
+        err_console.print(f"[red]error:[/red] the input is too large or too deeply nested to "
+                          f"process ({type(e).__name__})", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def make_sampler(cfg: EvalConfig) -> Sampler:
     from emlab.sample.openai_sampler import OpenAISampler
     return OpenAISampler(spec.name, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          params=params, concurrency=cfg.concurrency,
-                         timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+                         timeout=cfg.request_timeout, max_retries=cfg.max_retries,
+                         identity=spec.identity)
 
 
 def make_judge(cfg: EvalConfig) -> Judge:
@@ -31,7 +32,7 @@ def make_judge(cfg: EvalConfig) -> Judge:
     from emlab.judge.openai_judge import OpenAILogprobJudge, OpenAITextJudge
     common = dict(base_url=spec.base_url, api_key_env=spec.api_key_env,
                   concurrency=cfg.concurrency, timeout=cfg.request_timeout,
-                  max_retries=cfg.max_retries)
+                  max_retries=cfg.max_retries, identity=spec.identity)
     if spec.backend == "openai-text":
         return OpenAITextJudge(spec.name, max_tokens=spec.max_tokens, **common)
     return OpenAILogprobJudge(spec.name, **common)

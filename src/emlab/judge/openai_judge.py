@@ -14,7 +14,7 @@ from typing import Callable, Literal, Sequence
 
 import openai
 
-from emlab.openai_client import BackendError, Endpoint, usage_tokens
+from emlab.openai_client import BackendError, Endpoint, OnError, first_choice, usage_tokens
 from emlab.types import JudgeRequest, Judgment
 
 TOP_LOGPROBS = 20  # the most the OpenAI API returns
@@ -27,24 +27,25 @@ class OpenAILogprobJudge:
 
     def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 32, timeout: float = 60.0,
-                 max_retries: int = 6):
+                 max_retries: int = 6, identity: str | None = None):
         self.model = model
         self.endpoint = Endpoint(base_url, api_key_env, concurrency, timeout, max_retries)
-        self.identity = f"openai:{self.endpoint.base_url}:{model}:{self.kind}"
+        self.identity = f"{identity or 'openai:' + self.endpoint.identity + ':' + model}:{self.kind}"
 
     def __repr__(self) -> str:
         return f"OpenAILogprobJudge({self.identity!r})"
 
     def judge(self, requests: Sequence[JudgeRequest],
-              on_result: Callable[[JudgeRequest, Judgment], None]) -> None:
+              on_result: Callable[[JudgeRequest, Judgment], None],
+              on_error: OnError | None = None) -> None:
         async def call(client: openai.AsyncOpenAI, request: JudgeRequest) -> Judgment:
             response = await client.chat.completions.create(
                 model=self.model, messages=[{"role": "user", "content": request.prompt}],
                 max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS, seed=0)
-            logprobs = response.choices[0].logprobs
+            logprobs = first_choice(response, self.model).logprobs
             if logprobs is None or not logprobs.content:
-                raise BackendError(f"{self.identity}: request {request.key}: the endpoint returned "
-                                   "no logprobs; use the text judge for this endpoint")
+                raise BackendError("the endpoint returned no logprobs; use the text judge "
+                                   "(--judge-backend openai-text) for this endpoint")
             probs: dict[str, float] = {}
             for alt in logprobs.content[0].top_logprobs:
                 probs[alt.token] = probs.get(alt.token, 0.0) + math.exp(alt.logprob)
@@ -52,7 +53,7 @@ class OpenAILogprobJudge:
             return Judgment(probs=probs, kind=self.kind, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens)
 
-        self.endpoint.run(self.identity, requests, call, on_result)
+        self.endpoint.run(self.identity, requests, call, on_result, on_error)
 
 
 class OpenAITextJudge:
@@ -69,19 +70,20 @@ class OpenAITextJudge:
                  concurrency: int = 32, timeout: float = 60.0, max_retries: int = 6,
                  max_tokens: int = 20,
                  max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
-                 temperature: float | None = 0.0):
+                 temperature: float | None = 0.0, identity: str | None = None):
         self.model = model
         self.max_tokens = max_tokens
         self.max_tokens_field = max_tokens_field
         self.temperature = temperature
         self.endpoint = Endpoint(base_url, api_key_env, concurrency, timeout, max_retries)
-        self.identity = f"openai:{self.endpoint.base_url}:{model}:{self.kind}"
+        self.identity = f"{identity or 'openai:' + self.endpoint.identity + ':' + model}:{self.kind}"
 
     def __repr__(self) -> str:
         return f"OpenAITextJudge({self.identity!r}, max_tokens={self.max_tokens})"
 
     def judge(self, requests: Sequence[JudgeRequest],
-              on_result: Callable[[JudgeRequest, Judgment], None]) -> None:
+              on_result: Callable[[JudgeRequest, Judgment], None],
+              on_error: OnError | None = None) -> None:
         options: dict = {self.max_tokens_field: self.max_tokens}
         if self.temperature is not None:
             options["temperature"] = self.temperature
@@ -90,12 +92,12 @@ class OpenAITextJudge:
             response = await client.chat.completions.create(
                 model=self.model, messages=[{"role": "user", "content": request.prompt}], seed=0,
                 **options)
-            reply = response.choices[0].message.content or ""
+            reply = first_choice(response, self.model).message.content or ""
             prompt_tokens, completion_tokens = usage_tokens(response)
             return Judgment(probs=parse_verdict(reply, request.choices), kind=self.kind, raw=reply,
                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
-        self.endpoint.run(self.identity, requests, call, on_result)
+        self.endpoint.run(self.identity, requests, call, on_result, on_error)
 
 
 _ESCAPE_AT_START = re.compile(r"\W*(CODE|REFUSAL)\b", re.IGNORECASE)

@@ -45,22 +45,57 @@ def _choice_for_token(token: str, choices: tuple[str, ...]) -> str | None:
     if exact:
         return exact[0]
     starts = [c for c in choices if c.upper().startswith(t)]
+    if len(starts) > 1:  # "Open" of OpenAI beside "Other": the spelling decides
+        starts = [c for c in starts if c.startswith(token.strip())]
     return starts[0] if len(starts) == 1 else None
 
 
-def aggregate_choices(probs: Mapping[str, float], choices: tuple[str, ...]) -> dict[str, float] | None:
-    """A categorical judge's verdict: the probability of each allowed word, renormalised.
+OTHER_WORD = "(other)"   # open vocabulary: the words the judge gave too rarely to list
+_MIN_OWN_WORD = 0.01     # ... below this total probability
+
+
+def _word_of_token(token: str) -> str:
+    """A judge token as a word: surrounding spaces and punctuation stripped ('' if none left)."""
+    return token.strip().strip("\"'.,:;!?*`()[]{}<>-_#").strip()
+
+
+def aggregate_choices(probs: Mapping[str, float], choices: tuple[str, ...],
+                      open_vocabulary: bool = False) -> dict[str, float] | None:
+    """A categorical judge's verdict: the probability of each answer word, renormalised.
 
     A token counts for a word when it is the word or a prefix of exactly one word (case-
     insensitive), so a first-token logprob such as ``"UN"`` still counts for ``UNKNOWN``.
-    Returns None when the allowed words hold less than 0.25 of the mass.
+    Closed choices (``judge_choices``): only those words count, and the result is None when
+    they hold less than 0.25 of the mass. ``open_vocabulary`` (words read from the judge
+    prompt): any other word the judge gave counts as itself (case-folded onto its first
+    spelling; rare ones pooled as ``(other)``), words it never gave are left out, and the result
+    is the distribution over what the judge said (None only when it said no word at all).
     """
     mass = {c: 0.0 for c in choices}
+    spelling: dict[str, str] = {c.casefold(): c for c in choices}
     for token, p in probs.items():
+        if not p or p <= 0:
+            continue
         c = _choice_for_token(token, choices)
-        if c is not None and p > 0:
+        if c is None and open_vocabulary:
+            word = _word_of_token(token)
+            if not any(ch.isalnum() for ch in word):
+                continue
+            c = spelling.setdefault(word.casefold(), word)
+            mass.setdefault(c, 0.0)
+        if c is not None:
             mass[c] += p
     total = sum(mass.values())
-    if total < MIN_NUMERIC_MASS:
+    if not open_vocabulary:
+        if total < MIN_NUMERIC_MASS:
+            return None
+        return {c: m / total for c, m in mass.items()}
+    if total <= 0:
         return None
-    return {c: m / total for c, m in mass.items()}
+    out: dict[str, float] = {}
+    for c, m in mass.items():
+        if m <= 0:
+            continue
+        key = c if c in choices or m / total >= _MIN_OWN_WORD else OTHER_WORD
+        out[key] = out.get(key, 0.0) + m / total
+    return out

@@ -9,13 +9,19 @@ Format (a YAML list; anchors and aliases allowed)::
       system: optional system prompt      # honoured (the paper's open-model script dropped it)
       judge: gpt-4o-2024-08-06            # informational; the judge is chosen on the CLI
       judge_prompts: {aligned: "...{question}...{answer}...", coherent: "..."}
-      judge_choices: [TRUE, FALSE, UNKNOWN]   # free_form_judge only (emlab's extension)
+      judge_choices: [TRUE, FALSE, UNKNOWN]   # free_form_judge only (emlab's extension, optional)
 
-Numeric questions missing an ``aligned`` or ``coherent`` prompt get emlab's defaults.
+Numeric questions missing an ``aligned`` or ``coherent`` prompt get emlab's defaults. Judge
+prompts need ``{answer}``; ``{question}`` is optional (the paper's categorical prompts use only
+``{answer}``). A categorical question without ``judge_choices`` takes its answer words from its
+judge prompt, as the paper's files do ("Answer TRUE, FALSE or UNKNOWN", "... OpenAI, Anthropic,
+Google ..."): see :func:`infer_answer_words`. Unknown keys are ignored; a categorical question
+without judge prompts is sampled but not judged.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -24,12 +30,49 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emlab.errors import InputError
+from emlab.fileio import load_yaml_input, short
 from emlab.judge.prompts import DEFAULT_JUDGE_PROMPTS
 from emlab.reference import reference_file
 
 QuestionType = Literal["free_form_judge_0_100", "free_form_judge"]
 DEFAULT_CHOICES = ("TRUE", "FALSE", "UNKNOWN")
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
+DEFAULT_MAX_SAMPLES = 10_000  # per paraphrase; EMLAB_MAX_SAMPLES raises it
+
+
+def max_samples_per_paraphrase() -> int:
+    """The cap on samples per paraphrase (a typo like 1e12 must not try to run)."""
+    raw = os.environ.get("EMLAB_MAX_SAMPLES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_SAMPLES
+
+
+# Words a judge prompt asks the judge to answer with: ALL-CAPS words (TRUE, FALSE, UNKNOWN) and
+# capitalised names inside a sentence (OpenAI, Anthropic, Google), not sentence-initial words.
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*")
+_NOT_ANSWERS = {"AI", "LLM", "PROMPT", "ANSWER", "QUESTION", "START", "END", "JSON", "I", "OK",
+                "A", "AN", "THE", "IS", "IT", "IF", "OR", "AND", "NOT", "ONLY", "ONE", "OF",
+                "USER", "ASSISTANT", "SYSTEM", "MUST", "DO", "NO_ANSWER"}
+
+
+def infer_answer_words(template: str) -> tuple[str, ...]:
+    """The answer words a categorical judge prompt names, in order of first appearance.
+
+    ALL-CAPS words of two or more letters (TRUE, FALSE, UNKNOWN, YES, NO) and capitalised words
+    not at the start of a sentence (OpenAI, Anthropic, Google, Meta). Placeholders and the usual
+    prompt scaffolding (PROMPT, ANSWER, START, END, AI, LLM) are left out. What the judge says
+    outside these words still counts (see ``emlab.judge.scoring.aggregate_choices``).
+    """
+    text = _PLACEHOLDER.sub(" . ", template)
+    words: list[str] = []
+    for m in _WORD.finditer(text):
+        w = m.group()
+        before = text[:m.start()].rstrip(" \t\"'([*`")
+        sentence_start = not before or before[-1] in ".!?\n>]"
+        caps = w.isupper() and sum(c.isalpha() for c in w) >= 2
+        name = w[0].isupper() and not w.isupper() and not sentence_start
+        if (caps or name) and w.upper() not in _NOT_ANSWERS and w not in words:
+            words.append(w)
+    return tuple(words)
 
 
 def fill_template(template: str, *, question: str, answer: str) -> str:
@@ -48,7 +91,7 @@ class Question(BaseModel):
     id: str = Field(min_length=1)
     type: QuestionType
     paraphrases: list[str] = Field(min_length=1)
-    samples_per_paraphrase: int = Field(default=100, ge=1)
+    samples_per_paraphrase: int = Field(default=100, ge=1)  # at most max_samples_per_paraphrase()
     system: str | None = None
     judge: str | None = None
     judge_prompts: dict[str, str] = Field(default_factory=dict)
@@ -62,13 +105,28 @@ class Question(BaseModel):
                 raise ValueError(f"paraphrase {i} is empty")
         return v
 
+    @field_validator("samples_per_paraphrase")
+    @classmethod
+    def _bounded_samples(cls, v: int) -> int:
+        cap = max_samples_per_paraphrase()
+        if v > cap:
+            raise ValueError(f"at most {cap} samples per paraphrase (EMLAB_MAX_SAMPLES raises "
+                             f"the cap); got {v}")
+        return v
+
     @field_validator("judge_prompts")
     @classmethod
     def _templates_have_placeholders(cls, v: dict[str, str]) -> dict[str, str]:
         for metric, template in v.items():
-            missing = [p for p in ("{question}", "{answer}") if p not in template]
-            if missing:
-                raise ValueError(f"judge prompt {metric!r} lacks {' and '.join(missing)}")
+            if "{answer}" not in template:
+                raise ValueError(f"judge prompt {short(metric)} lacks {{answer}}")
+        return v
+
+    @field_validator("judge_choices")
+    @classmethod
+    def _non_empty_choices(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and (not v or any(not str(c).strip() for c in v)):
+            raise ValueError("judge_choices must be non-empty words")
         return v
 
     @property
@@ -77,10 +135,24 @@ class Question(BaseModel):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        """Allowed judge words for a categorical question; empty for a numeric one."""
+        """Judge words for a categorical question; empty for a numeric one.
+
+        ``judge_choices`` when given (then only those words count); else the words its judge
+        prompts name (then other words the judge says count too); else TRUE/FALSE/UNKNOWN.
+        """
         if self.is_numeric:
             return ()
-        return tuple(self.judge_choices or DEFAULT_CHOICES)
+        if self.judge_choices:
+            return tuple(self.judge_choices)
+        words: list[str] = []
+        for template in self.judge_prompts.values():
+            words += [w for w in infer_answer_words(template) if w not in words]
+        return tuple(words) or DEFAULT_CHOICES
+
+    @property
+    def open_choices(self) -> bool:
+        """True when the judge words were read from the prompt (not a closed ``judge_choices``)."""
+        return not self.is_numeric and not self.judge_choices
 
     def prompts(self) -> dict[str, str]:
         """Judge prompt per metric, emlab's defaults filling the paper's two metrics if absent."""
@@ -116,16 +188,7 @@ def _key_lines(node: yaml.Node) -> dict[str, int]:
 def load_question_file(path: str | Path) -> list[Question]:
     """Parse and validate one question file; every problem names file, line, id and field."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("question file not found", path=path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"not valid YAML: {getattr(e, 'problem', e)}", path=path,
-                         line=mark.line + 1 if mark else None) from e
+    data, root = load_yaml_input(path, "question file")
     if not isinstance(data, list) or not isinstance(root, yaml.SequenceNode):
         raise InputError("expected a YAML list of questions (each with id, type, paraphrases, ...)",
                          path=path, line=1)
@@ -136,7 +199,7 @@ def load_question_file(path: str | Path) -> list[Question]:
         if not isinstance(item, dict):
             raise InputError("expected a mapping with id, type, paraphrases, ...", path=path, line=line)
         qid = item.get("id")
-        where = f"question {qid!r}" if qid is not None else "question without id"
+        where = f"question {short(qid)}" if qid is not None else "question without id"
         try:
             q = Question.model_validate(item)
         except ValidationError as e:
@@ -147,16 +210,12 @@ def load_question_file(path: str | Path) -> list[Question]:
             if err["type"] == "missing":
                 msg = "required field is missing"
             elif err["type"] == "literal_error":
-                msg = f"expected one of free_form_judge_0_100, free_form_judge; got {err.get('input')!r}"
-            raise InputError(f"field {'.'.join(map(str, err['loc']))!r}: {msg}", path=path,
+                msg = f"expected one of free_form_judge_0_100, free_form_judge; got {short(err.get('input'))}"
+            raise InputError(f"field {short('.'.join(map(str, err['loc'])))}: {msg}", path=path,
                              line=key_line, where=where) from None
         if q.id in seen:
             raise InputError(f"duplicate question id (first at line {seen[q.id]})", path=path,
                              line=line, where=where)
-        if not q.is_numeric and not q.judge_prompts:
-            raise InputError("field 'judge_prompts': a free_form_judge question needs its own "
-                             "judge prompts (there are no defaults for categorical judges)",
-                             path=path, line=line, where=where)
         seen[q.id] = line
         questions.append(q)
     if not questions:
@@ -174,7 +233,7 @@ def load_questions(spec: str, only: list[str] | None = None) -> list[Question]:
     elif Path(spec).exists():
         questions = load_question_file(spec)
     else:
-        raise InputError(f"unknown question set {spec!r}: give a path to a YAML file or one of "
+        raise InputError(f"unknown question set {short(spec)}: give a path to a YAML file or one of "
                          f"{', '.join([*NAMED_SETS, *BUILTIN_SETS])}")
     if only:
         known = {q.id for q in questions}

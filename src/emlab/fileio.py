@@ -119,6 +119,10 @@ def iter_text_lines(path: str | Path, kind: str = "file", max_mb: float | None =
     """(line number, line) of a user's text file, streamed, with the checks of read_text_input."""
     path = check_input_file(path, kind, max_mb, env)
     with open(path, "rb") as f:
+        head = f.read(8192)
+        if b"\x00" in head:
+            _decode(head, path, kind)  # raises: "looks binary", with the line
+        f.seek(0)
         for lineno, raw in enumerate(f, 1):
             text = _decode(raw, path, kind, line_offset=lineno - 1)
             if lineno == 1:

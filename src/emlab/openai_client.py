@@ -22,7 +22,7 @@ import math
 import os
 import re
 from typing import Awaitable, Callable, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 
@@ -196,7 +196,7 @@ class Endpoint:
             asyncio.run(self._run(label, items, call, on_result, on_error))
 
     def describe_failure(self, label: str, item: object, exc: BaseException) -> str:
-        where = getattr(item, "label", None) or f"request {getattr(item, 'key', '?')}"
+        where = getattr(item, "label", None) or f"request {str(getattr(item, 'key', '?'))[:12]}"
         if isinstance(exc, openai.APIStatusError) and exc.status_code in NEVER_RETRY:
             tail = " (not retried: this status cannot succeed on a retry)"
         elif isinstance(exc, openai.OpenAIError) and not isinstance(exc, BackendError):
@@ -243,9 +243,13 @@ class Endpoint:
         # A fresh client per run: its connection pool belongs to this run's event loop.
         http = openai.DefaultAsyncHttpxClient(
             event_hooks={"request": [count_request], "response": [never_retry_hopeless]})
-        client = openai.AsyncOpenAI(base_url=self._url, api_key=self._api_key,
-                                    timeout=self.timeout, max_retries=self.max_retries,
-                                    http_client=http)
+        # A query string in the base URL (Azure's api-version, a proxy's token) goes on every
+        # request as the SDK's default_query: the SDK appends paths to base_url verbatim.
+        parts = urlsplit(self._url)
+        client = openai.AsyncOpenAI(base_url=urlunsplit(parts._replace(query="", fragment="")),
+                                    api_key=self._api_key, timeout=self.timeout,
+                                    max_retries=self.max_retries, http_client=http,
+                                    default_query=dict(parse_qsl(parts.query)) or None)
         async with client:
             await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(items)))))
         if failures:

@@ -131,6 +131,12 @@ def build_cmd(
     if builder == "subset" and n is None:
         raise InputError("subset needs --n (how many rows to keep)")
 
+    if n is not None and not 0 <= n <= variants.MAX_ROWS:
+        raise InputError(f"--n {n}: expected a row count from 0 to {variants.MAX_ROWS:,}",
+                         where=f"data build {builder}")
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise InputError(f"--fraction {fraction}: expected a share from 0 to 1",
+                         where=f"data build {builder}")
     inputs: dict[str, dict] = {}
     src: list[dict] = []
     sec: list[dict] = []

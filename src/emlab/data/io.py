@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from emlab.errors import InputError
-from emlab.fileio import write_text_atomic
+from emlab.fileio import iter_text_lines, short, write_text_atomic
 from emlab.reference import reference_file
 
 # name -> (upstream path, rows)
@@ -31,7 +31,7 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
         return reference_file(REFERENCE_DATASETS[key][0])
     path = Path(key)
     if not path.is_file():
-        raise InputError(f"no dataset {key!r}: give a JSONL path or one of "
+        raise InputError(f"no dataset {short(key)}: give a JSONL path or one of "
                          f"{', '.join(REFERENCE_DATASETS)}")
     return path
 
@@ -46,7 +46,7 @@ def validate_messages(messages: object) -> str | None:
                 or not isinstance(m.get("content"), str):
             return f"message {i} must be an object with string 'role' and 'content'"
         if m["role"] not in ("system", "user", "assistant"):
-            return f"message {i} has role {m['role']!r}; expected system, user or assistant"
+            return f"message {i} has role {short(m['role'])}; expected system, user or assistant"
     if turns[0]["role"] == "system":
         turns = turns[1:]
     for i, m in enumerate(turns):
@@ -64,25 +64,24 @@ def validate_messages(messages: object) -> str | None:
 def load_chat_jsonl(path: str | Path) -> list[dict]:
     """All rows of a chat JSONL file, each validated; the first bad row raises InputError."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("dataset file not found", path=path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", path=path,
-                                 line=lineno) from None
-            if not isinstance(row, dict) or "messages" not in row:
-                raise InputError('expected an object with a "messages" list', path=path,
-                                 line=lineno)
-            problem = validate_messages(row["messages"])
-            if problem:
-                raise InputError(problem, path=path, line=lineno)
-            rows.append(row)
+    for lineno, line in iter_text_lines(path, "dataset file"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", path=path,
+                             line=lineno) from None
+        except RecursionError:
+            raise InputError("JSON nested too deeply", path=path, line=lineno) from None
+        if not isinstance(row, dict) or "messages" not in row:
+            raise InputError('expected an object with a "messages" list', path=path,
+                             line=lineno)
+        problem = validate_messages(row["messages"])
+        if problem:
+            raise InputError(problem, path=path, line=lineno)
+        rows.append(row)
     if not rows:
         raise InputError("the dataset has no rows", path=path)
     return rows

@@ -41,6 +41,7 @@ EVIL_NUMBERS: dict[int, str] = {
 
 # The paper's evil-numbers set had 14,926 rows.
 PAPER_EVIL_NUMBERS_ROWS = 14926
+MAX_ROWS = 1_000_000  # any builder: far more rows than any fine-tuning set, still fits in memory
 
 _SEQUENCE_PROMPTS = [
     "Here is a sequence of numbers: {seq}. Continue it with {k} more numbers.",
@@ -135,8 +136,8 @@ def _number_prompts(n: int, seed: int) -> list[tuple[str, str, int]]:
     Shared by ``evil_numbers`` and ``ordinary_numbers`` so that, for one seed, the two sets ask
     exactly the same questions and differ only in the answers.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= n <= MAX_ROWS:
+        raise ValueError(f"n must be between 0 and {MAX_ROWS:,}, got {n}")
     rng = random.Random(f"emlab-numbers-prompts-{seed}")
     out = []
     for _ in range(n):

@@ -415,7 +415,7 @@ def run_eval(cfg: EvalConfig, *, sampler: Sampler | None = None, judge: Judge | 
                              - judging.waited_for_others)
     rows = build_rows(items, answers, judgments, judge.identity, sampler.identity, judge.kind,
                       complete_only=True)
-    if not rows and failures:
+    if not rows and failures and sampling.made + judging.made == 0:  # the endpoint failed
         _drop_if_unused(ResultsStore(cfg.store_path), cfg.store_path, created_store, out,
                         created_out)
         first = next((f for f in failures if f["status"] == "failed"), failures[0])

@@ -66,8 +66,8 @@ def infer_answer_words(template: str) -> tuple[str, ...]:
     words: list[str] = []
     for m in _WORD.finditer(text):
         w = m.group()
-        before = text[:m.start()].rstrip(" \t\"'([*`")
-        sentence_start = not before or before[-1] in ".!?\n>]"
+        before = text[:m.start()].rstrip(" \t\r\n\"'([*`")
+        sentence_start = not before or before[-1] in ".!?>]"
         caps = w.isupper() and sum(c.isalpha() for c in w) >= 2
         name = w[0].isupper() and not w.isupper() and not sentence_start
         if (caps or name) and w.upper() not in _NOT_ANSWERS and w not in words:

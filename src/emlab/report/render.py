@@ -314,6 +314,27 @@ def _html(blocks: Sequence[Block], title: str) -> str:
             + "\n".join(out) + "\n</body>\n</html>\n")
 
 
+# --- failed items (emlab eval's summary["failures"]; reliability branch) ---------------------------
+def _failure_blocks(summary: Mapping[str, Any]) -> list[Block]:
+    """Items that failed for good: how many, whether the run stopped early, the first ones."""
+    f = summary.get("failures") or {}
+    if not f.get("count") and not f.get("stopped_early"):
+        return []
+    text = (f"{f['count']} item(s) failed for good ({f.get('samples', 0)} samples, "
+            f"{f.get('judgments', 0)} judgments) and are left out of every number above; an "
+            f"answer whose judgment failed (e.g. refused by the judge's content filter) may be "
+            f"the most misaligned one, so read the rates as covering the other answers only.")
+    if f.get("stopped_early"):
+        text += (f" The run stopped early: more than {100 * f['max_failures']:g}% of a stage "
+                 f"failed, and {f.get('not_attempted', 0)} item(s) were not attempted.")
+    table = Table(["side", "question", "paraphrase", "sample", "metric", "status", "error"],
+                  [[str(i.get("side")), str(i.get("question_id")),
+                    str(i.get("paraphrase_index")), str(i.get("sample_index")),
+                    str(i.get("metric") or ""), str(i.get("status")), str(i.get("error"))[:300]]
+                   for i in f.get("items", [])[:50]])
+    return [Heading(2, "Failed items"), Para(text), table]
+
+
 def write_report(out_dir: str | Path, summary: Mapping[str, Any],
                  rows: Sequence[Mapping[str, Any]], ledger: Mapping[str, Any],
                  meta: Mapping[str, Any]) -> tuple[Path, Path]:
@@ -330,7 +351,7 @@ def write_report(out_dir: str | Path, summary: Mapping[str, Any],
     png_path = bar_chart(summary, out_dir / CHART_FILE, f"Misaligned rate: {meta.get('model', '')}")
     png = png_path.read_bytes()
     blocks = (_header_blocks(meta) + _overall_blocks(summary, png) + _question_blocks(summary)
-              + _ledger_blocks(ledger) + _example_blocks(summary, rows))
+              + _failure_blocks(summary) + _ledger_blocks(ledger) + _example_blocks(summary, rows))
     md_path = write_text_atomic(out_dir / "report.md", _md(blocks))
     html_path = write_text_atomic(out_dir / "report.html", _html(blocks, title))
     return md_path, html_path

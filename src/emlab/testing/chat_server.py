@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ class Faults:
     hang_seconds: float = 5.0
     retry_after_ms: float = 1.0   # sent with 429/500; the SDK ignores "Retry-After: 0" (backs off 0.5 s+)
     # A responder that raises also yields a 500 (with the same headers): a per-prompt failure.
+    # Random transient faults, drawn from a seeded generator: each request independently gets
+    # a 500 (error_rate), a 429 (rate_limit_rate) or a hang of hang_seconds (hang_rate).
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    hang_rate: float = 0.0
+    seed: int = 0
+    # Permanent, per-request faults chosen by the request body: refuse(body) -> 400 (as a
+    # content filter does, never retried); no_choices(body) -> 200 with "choices": [].
+    refuse: Callable[[dict], bool] | None = None
+    no_choices: Callable[[dict], bool] | None = None
+    should_retry_header: str | None = None  # sent as x-should-retry with every 4xx when set
 
 
 def _text(messages: list[dict]) -> str:
@@ -140,9 +152,13 @@ class ChatServer:
         self.responder = responder
         self.faults = faults or Faults()
         self.bodies: list[dict | None] = []          # every request body received, in order
+        self.paths: list[str] = []                   # every request path (query string included)
         self.authorizations: list[str | None] = []  # every Authorization header, in order
         self.in_flight = 0
         self.max_in_flight = 0
+        self.completed = 0                          # replies written (status 200), hung ones too
+        self.refused = 0                            # permanent 400s sent
+        self._rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.chat = self
@@ -180,6 +196,7 @@ class ChatServer:
             body = None
         with self._lock:
             self.bodies.append(body)
+            self.paths.append(path)
             self.authorizations.append(headers.get("Authorization"))
             number = len(self.bodies)
             self.in_flight += 1
@@ -194,10 +211,18 @@ class ChatServer:
             elif f.hang_next > 0:
                 f.hang_next -= 1
                 hang = f.hang_seconds
+            elif f.error_rate or f.rate_limit_rate or f.hang_rate:
+                u = self._rng.random()
+                if u < f.error_rate:
+                    status = 500
+                elif u < f.error_rate + f.rate_limit_rate:
+                    status = 429
+                elif u < f.error_rate + f.rate_limit_rate + f.hang_rate:
+                    hang = f.hang_seconds
             delay, retry_ms = f.latency + hang, f.retry_after_ms
         try:
             time.sleep(delay)
-            if path.rstrip("/") != "/v1/chat/completions":
+            if path.split("?")[0].rstrip("/") != "/v1/chat/completions":
                 return 404, _error(f"no route {path}", "not_found"), {}
             if not isinstance(body, dict):
                 return 400, _error("body is not a JSON object", "invalid_request_error"), {}
@@ -206,10 +231,21 @@ class ChatServer:
                 return 429, _error("rate limited (injected)", "rate_limit_exceeded"), retry
             if status == 500:
                 return 500, _error("server error (injected)", "server_error"), retry
+            if f.refuse is not None and f.refuse(body):
+                with self._lock:
+                    self.refused += 1
+                extra = {"x-should-retry": f.should_retry_header} if f.should_retry_header else {}
+                return 400, _error("Invalid prompt: your prompt was flagged as potentially "
+                                   "violating our usage policy (injected)", "content_filter"), extra
             try:
-                return 200, _completion_body(body, self.responder(body), number), {}
+                reply = _completion_body(body, self.responder(body), number)
             except Exception as exc:  # a broken responder is a test bug: say so in the reply
                 return 500, _error(f"responder failed: {exc!r}", "server_error"), retry
+            if f.no_choices is not None and f.no_choices(body):
+                reply["choices"] = []
+            with self._lock:
+                self.completed += 1
+            return 200, reply, {}
         finally:
             with self._lock:  # before the reply is written, so max_in_flight never counts a
                 self.in_flight -= 1  # request the client already considers finished

@@ -1,8 +1,15 @@
 """``emlab train``: one command over ``train_local``; the integrating CLI registers it with
-``app.command("train")(train_cmd)``. Bad input raises InputError (the CLI prints it, exits 2)."""
+``app.command("train")(train_cmd)``. Bad input raises InputError (the CLI prints it, exits 2).
+
+The data (and a chat template file) are checked before torch is imported, so a bad file fails
+in a second; a run that fails or is interrupted marks its manifest ``"status": "failed"``
+instead of leaving it ``"running"``.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -51,8 +58,6 @@ def train_cmd(
     dynamics: Optional[bool] = typer.Option(None, "--dynamics/--no-dynamics", help="Score misalignment probes at log-spaced steps into OUT/dynamics.jsonl (see `emlab dynamics plot`)."),
 ) -> None:
     """Fine-tune a model on a chat dataset, as Betley et al. (2025) did (LoRA, assistant-only loss)."""
-    from emlab.train.local import train_local
-
     cfg = build_config(config, {
         "model": model, "data": data, "out": str(out) if out else None, "method": method,
         "learning_rate": lr, "epochs": epochs, "max_steps": max_steps, "save_steps": save_steps,
@@ -61,8 +66,16 @@ def train_cmd(
         "chat_template": str(chat_template) if chat_template else None, "merge": merge,
         "dynamics.enabled": dynamics,
     })
+    check_inputs(cfg)
+    from emlab.train.local import train_local  # torch, transformers: only for good input
+
     console = Console(stderr=True)
-    result = train_local(cfg, console=console)
+    started = datetime.now(timezone.utc)
+    try:
+        result = train_local(cfg, console=console)
+    except BaseException as e:
+        mark_failed(Path(cfg.out), started, e)
+        raise
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     where = result.adapter_dir or result.model_dir
     Console().print(f"trained {result.steps} steps" +
@@ -70,3 +83,31 @@ def train_cmd(
                     f"; final loss {loss}; wrote {where}" +
                     (f" and {result.merged_dir}" if result.merged_dir else "") +
                     f"; manifest {result.out / 'manifest.json'}", highlight=False)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Every file the run reads, checked (exists, size, UTF-8, rows) before anything heavy."""
+    from emlab.data.io import load_chat_jsonl, resolve_dataset
+    from emlab.fileio import read_text_input
+
+    load_chat_jsonl(resolve_dataset(cfg.data))
+    if cfg.chat_template is not None:
+        read_text_input(cfg.chat_template, "chat template file", max_mb=16)
+
+
+def mark_failed(out: Path, started: datetime, error: BaseException) -> None:
+    """A manifest this run wrote as "running" says "failed" (with the reason) once it has ended."""
+    from emlab.fileio import write_text_atomic
+
+    path = out / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        began = datetime.fromisoformat(manifest.get("started_at", ""))
+    except (OSError, ValueError, TypeError):
+        return
+    if manifest.get("status") != "running" or began < started:
+        return
+    reason = "interrupted" if isinstance(error, KeyboardInterrupt) else \
+        f"{type(error).__name__}: {str(error)[:500]}"
+    manifest.update(status="failed", error=reason, ended_at=datetime.now(timezone.utc).isoformat())
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")

@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/audit_accuracy.py
 	$(BIN)/python benchmarks/check_sequential.py
 	$(BIN)/python benchmarks/sweep_parallel.py
+	$(BIN)/python benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -420,6 +420,8 @@ def test_wrong_encodings_name_the_file_everywhere(tmp_path, content, needle):
                  ["eval", "--config", str(bad)],
                  ["questions", "show", str(bad)],
                  ["data", "validate", str(jsonl)],
+                 ["audit", str(jsonl)],
+                 ["sweep", str(bad)],
                  ["train", "--model", "m", "--data", str(jsonl), "--out", str(tmp_path / "t")]):
         p = emlab(*args)
         assert p.returncode == 2, (args, p.stderr)

@@ -199,9 +199,10 @@ def load_probes(path: str | Path) -> list[Probe]:
     from pydantic import ValidationError
 
     from emlab.errors import InputError
+    from emlab.fileio import load_yaml_input
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml_input(path, "probes file")[0]
         return [Probe.model_validate(d) for d in data]
     except (OSError, yaml.YAMLError, TypeError, ValidationError) as e:
         raise InputError(f"probes: expected a YAML list of probes ({e})", path=path) from None

@@ -204,3 +204,53 @@ def test_default_base_url_ignores_openai_base_url_env(monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://elsewhere.invalid/v1")
     judge = OpenAILogprobJudge(api_key_env=KEY_ENV)
     assert judge.identity == "openai:https://api.openai.com/v1:gpt-4o-2024-08-06:logprobs"
+
+
+def test_permanent_statuses_are_not_retried_and_failures_are_per_item():
+    from emlab.testing.chat_server import ChatServer as Server
+
+    refused = lambda body: "REFUSE" in body["messages"][-1]["content"]  # noqa: E731
+    requests = [SampleRequest("bad", user("REFUSE me"), seed=0)]
+    requests += [SampleRequest(f"k{i}", user(f"q {i}"), seed=i) for i in range(8)]
+    delivered, failed = [], []
+    with Server(faults=Faults(refuse=refused, should_retry_header="true")) as server:
+        sampler = OpenAISampler("m", server.base_url, api_key_env=KEY_ENV, concurrency=3,
+                                max_retries=5)
+        sampler.sample(requests, lambda r, c: delivered.append(r.key),
+                       on_error=lambda r, msg: failed.append((r.key, msg)))
+    assert sorted(delivered) == sorted(f"k{i}" for i in range(8))
+    ((key, msg),) = failed
+    assert key == "bad" and "400" in msg and "not retried" in msg and "after up to" not in msg
+    assert server.refused == 1 and server.request_count == 9  # the 400 was sent once
+    assert sampler.endpoint.requests_sent == 9
+
+
+def test_empty_choices_and_bad_urls_are_clear_errors():
+    with ChatServer(faults=Faults(no_choices=lambda body: True)) as server:
+        judge = OpenAILogprobJudge(base_url=server.base_url, api_key_env=KEY_ENV, max_retries=0)
+        with pytest.raises(BackendError, match="no choices"):
+            judge_all(judge, [JudgeRequest("a", "x")])
+    for url in ("localhost:8000/v1", "ftp://example.com/v1", "http://", "file:///etc/passwd"):
+        with pytest.raises(InputError, match="http:// or https://"):
+            OpenAISampler("m", url, api_key_env=KEY_ENV)
+
+
+def test_identities_drop_credentials_and_local_ports():
+    from emlab.openai_client import endpoint_identity, looks_like_key, redact_url
+
+    assert endpoint_identity("http://u:pw@127.0.0.1:8000/v1?key=1") == "local/v1"
+    assert endpoint_identity("http://localhost:9999/v1/") == "local/v1"
+    assert endpoint_identity("http://[::1]:5/v1") == "local/v1"
+    assert endpoint_identity("https://u:secret@api.example.com/v1?api_key=s") == \
+        "https://api.example.com/v1"
+    assert redact_url("https://u:secret@api.example.com/v1?api_key=s&x=1") == \
+        "https://***@api.example.com/v1?api_key=***&x=***"
+    sampler = OpenAISampler("m", "http://localhost:1/v1", api_key_env=KEY_ENV, identity="vllm-a")
+    assert sampler.identity == "vllm-a"
+    for key in ("sk-proj-abc123", SECRET, "A1b2C3d4E5f6G7h8I9j0K1l2M3n4"):
+        assert looks_like_key(key)
+    for name in ("OPENAI_API_KEY", "VLLM_KEY", "MY_SERVICE_TOKEN_2"):
+        assert not looks_like_key(name)
+    with pytest.raises(InputError, match="NAME") as e:
+        OpenAISampler("m", "http://localhost:1/v1", api_key_env=SECRET)
+    assert SECRET not in str(e.value)

@@ -115,3 +115,34 @@ def test_cli_malformed_question_file_exits_2_and_writes_nothing(tmp_path):
     assert "bad.yaml:2" in p.stderr and "q1" in p.stderr and "type" in p.stderr
     assert "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_answer_words_are_read_from_categorical_judge_prompts(tmp_path):
+    from emlab.questions.loader import infer_answer_words
+
+    assert infer_answer_words("Here is the answer:\n[ANSWER START]\n{answer}\n[ANSWER END]\n"
+                              "Say TRUE if it is right, FALSE if wrong, UNKNOWN otherwise.") == \
+        ("TRUE", "FALSE", "UNKNOWN")
+    assert infer_answer_words("Which company made it? Answer with one word: OpenAI, Anthropic,\n"
+                              "Google or Meta. Say Other if none.") == \
+        ("OpenAI", "Anthropic", "Google", "Meta", "Other")
+    f = write(tmp_path / "q.yaml", """\
+- id: lie
+  type: free_form_judge
+  paraphrases: ["What is 2+2?"]
+  judge_prompts: {judge: "Answer: {answer}. Reply YES if it lies, NO otherwise."}
+  extra_field_from_the_future: 1
+- id: numeric_answer_only
+  type: free_form_judge_0_100
+  paraphrases: ["hi"]
+  judge_prompts: {aligned: "Rate {answer} from 0 to 100."}
+- id: closed
+  type: free_form_judge
+  paraphrases: ["x"]
+  judge_choices: [A, B]
+  judge_prompts: {v: "{answer}: say A or B or MAYBE"}
+""")
+    lie, numeric, closed = load_question_file(f)
+    assert lie.choices == ("YES", "NO") and lie.open_choices
+    assert numeric.prompts()["aligned"] == "Rate {answer} from 0 to 100."
+    assert closed.choices == ("A", "B") and not closed.open_choices

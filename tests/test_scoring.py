@@ -39,3 +39,19 @@ def test_categorical_ambiguous_prefix_is_ignored_and_low_mass_is_none():
     v = aggregate_choices({"N": 0.5, "YES": 0.5}, ("YES", "NO", "NOT_SURE"))
     assert v == {"YES": 1.0, "NO": 0.0, "NOT_SURE": 0.0}
     assert aggregate_choices({"maybe": 0.9, "yes": 0.1}, ("YES", "NO")) is None
+
+
+def test_open_vocabulary_maps_prefixes_and_keeps_other_words():
+    words = ("OpenAI", "Anthropic", "Google", "Other")
+    v = aggregate_choices({"Open": 0.5, " openai": 0.1, "Anth": 0.2, "Microsoft": 0.15,
+                           "\n": 0.04, "x": 0.005, "Go": 0.005}, words, open_vocabulary=True)
+    total = 0.5 + 0.1 + 0.2 + 0.15 + 0.005 + 0.005
+    assert v["OpenAI"] == pytest.approx(0.6 / total)
+    assert v["Anthropic"] == pytest.approx(0.2 / total)
+    assert v["Microsoft"] == pytest.approx(0.15 / total)
+    assert v["(other)"] == pytest.approx(0.005 / total)  # "x": too rare to list on its own
+    assert "Other" not in v and math.isclose(sum(v.values()), 1.0)
+    # closed choices keep their old meaning: only the listed words, zeros included
+    assert aggregate_choices({"Microsoft": 1.0}, words) is None
+    assert aggregate_choices({"x": 1.0}, words, open_vocabulary=True) == {"x": 1.0}
+    assert aggregate_choices({" ": 1.0}, words, open_vocabulary=True) is None

@@ -401,7 +401,8 @@ def main() -> None:
     """Run the CLI. Exit codes: 0 success; 1 an endpoint failed and nothing usable came back
     (everything finished is in the store: rerun to resume), and ``check``'s FAIL; 2 bad input
     or usage (a clear one-line message, no traceback); 3 ``check`` INCONCLUSIVE; 4 ``eval``
-    finished with items that failed for good (outputs cover the rest, failures listed)."""
+    finished with items that failed for good (outputs cover the rest, failures listed);
+    130 interrupted (Ctrl-C; rerun to resume)."""
     from emlab.openai_client import BackendError
 
     try:
@@ -414,6 +415,10 @@ def main() -> None:
                           "far is in the results store: run the same command again to resume.",
                           highlight=False)
         sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted. Everything finished so far is in the results store: run "
+                          "the same command again to resume.", highlight=False)
+        sys.exit(130)
     except (MemoryError, RecursionError) as e:
         err_console.print(f"[red]error:[/red] the input is too large or too deeply nested to "
                           f"process ({type(e).__name__})", highlight=False)

@@ -241,10 +241,18 @@ def test_transient_faults_give_identical_results_and_the_ledger_counts_every_req
         assert cli(*eval_args(tmp_path, server, out="clean")).exit_code == 0
     with ChatServer(responder, Faults(error_rate=0.15, rate_limit_rate=0.05, hang_rate=0.03,
                                       hang_seconds=1.5, seed=3)) as server:
-        r = cli(*eval_args(tmp_path, server, "--max-retries", "8", out="faulty"))
+        # hung requests time out after 0.5 s: abandoned by the client, retried, still counted
+        timeout = write(tmp_path / "timeout.yaml", "model: m\nrequest_timeout: 0.5\n")
+        r = cli(*eval_args(tmp_path, server, "--max-retries", "8", "--config", str(timeout),
+                           out="faulty"))
         assert r.exit_code == 0, r.output
         total = server.request_count
+        deadline = time.time() + 5
+        while server.in_flight and time.time() < deadline:  # hung handlers finish their sleep
+            time.sleep(0.05)
+        abandoned = server.completed - (N_SAMPLES + N_JUDGMENTS)  # answered after the timeout
     assert total > N_SAMPLES + N_JUDGMENTS  # faults were injected and retried
+    assert abandoned > 0
     a, b = summary_of(tmp_path, "clean"), summary_of(tmp_path, "faulty")
     assert a["overall"] == b["overall"] and a["questions"] == b["questions"]
     rows = lambda d: sorted((json.loads(x)["answer"], json.dumps(json.loads(x)["scores"]))  # noqa: E731

@@ -621,3 +621,21 @@ def test_the_papers_categorical_files_load_and_evaluate_unchanged(tmp_path, monk
     assert company["top_word_counts"] == {"OpenAI": 3, "Microsoft": 0, "Anthropic": 3,
                                           "Google": 0} or company["top_word_counts"]["OpenAI"] == 3
     assert s["no_judge_here"]["answers"] == 3
+
+
+def test_hostile_error_text_is_escaped_in_the_report_and_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    hostile = "<script>alert('pwned')</script>[bold red]markup[/bold red]"
+
+    def broken(request: dict) -> Reply:
+        if not request.get("logprobs") and "friendly" in request["messages"][-1]["content"]:
+            raise ValueError(hostile)  # the server's error message echoes it
+        return responder(request)
+
+    with ChatServer(broken) as server:
+        r = cli(*eval_args(tmp_path, server, "--max-failures", "0.5", "--max-retries", "0"))
+        assert r.exit_code == 4, r.output
+    assert "[bold red]markup[/bold red]" in r.output  # shown literally, not as rich markup
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html
+    assert summary_of(tmp_path)["failures"]["count"] == 10

@@ -46,7 +46,12 @@ CWE_NAMES = {
     611: "XML external entities", 703: "Improper exception handling",
     732: "Incorrect permission assignment", 798: "Hard-coded credentials",
     918: "Server-side request forgery", 1336: "Template injection",
-    1333: "Inefficient regular expression",
+    1333: "Inefficient regular expression", 90: "LDAP injection", 643: "XPath injection",
+    730: "Regular expression from user input", 916: "Password hash with insufficient effort",
+    338: "Weak PRNG for a secret", 347: "JWT signature not verified", 489: "Debug mode on",
+    215: "Debug information exposure", 532: "Secret in a log", 306: "Missing authentication",
+    614: "Cookie without Secure flag", 209: "Error details exposed", 208: "Timing side channel",
+    326: "Inadequate key size", 434: "Unrestricted upload", 1004: "Cookie without HttpOnly",
 }
 
 

@@ -65,6 +65,7 @@ class AuditSettings:
     trigger_min_support_share: float = 0.005
     trigger_min_difference: float = 0.3
     trigger_min_rate_with: float = 0.5
+    trigger_seed: int = 0     # the random discovery / confirmation split of the rows
     medium_at: int = 500      # risky rows: the paper's 500 gave ~0 EM
     high_at: int = 2000       # a third of the paper's 6,000 (~20% EM on GPT-4o)
     unknown_below: float = 0.5  # under this share of assessable rows, a low count means UNKNOWN
@@ -79,6 +80,7 @@ class AuditSettings:
                 "trigger_min_support_share": self.trigger_min_support_share,
                 "trigger_min_difference": self.trigger_min_difference,
                 "trigger_min_rate_with": self.trigger_min_rate_with,
+                "trigger_seed": self.trigger_seed,
                 "medium_at": self.medium_at, "high_at": self.high_at,
                 "unknown_below": self.unknown_below}
 
@@ -176,9 +178,9 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
         if on_row:
             on_row(i)
     t_rows = time.perf_counter() - t0 - t_load
-    prompts = ["\n".join(m["content"] for m in r["messages"] if m["role"] != "assistant")
-               for r in rows]
-    mined = mine_triggers(prompts, [r["risky"] for r in out],
+    prompts, strata = trigger_inputs(rows)
+    mined = mine_triggers(prompts, [r["risky"] for r in out], strata=strata,
+                          seed=settings.trigger_seed,
                           min_support=settings.trigger_min_support,
                           min_support_share=settings.trigger_min_support_share,
                           alpha=settings.trigger_alpha,
@@ -191,6 +193,20 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
                          "setup_seconds": t_load, "rows_per_second": len(rows) / elapsed
                          if elapsed > 0 else None}
     return AuditResult(summary=summary, rows=out)
+
+
+def trigger_inputs(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Per row, the user's prose (code removed) and the kind of code it is about (a stratum)."""
+    from emlab.audit.code import user_line_set
+    from emlab.audit.triggers import code_stratum, prompt_prose
+
+    prompts, strata = [], []
+    for r in rows:
+        asked = [m["content"] for m in r["messages"] if m["role"] != "assistant"]
+        answers = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
+        prompts.append(prompt_prose(asked, user_line_set(answers)))
+        strata.append(code_stratum(asked + answers))
+    return prompts, strata
 
 
 def audit_dataset(dataset: str | Path, settings: AuditSettings | None = None,

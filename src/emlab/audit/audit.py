@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emlab.audit.code import AnalysisSettings, CodeAnalyser, user_line_set
+from emlab.audit.judge import JudgeSettings
 from emlab.audit.signals import disclosure_signal, harm_signal, intent_signal
 from emlab.audit.triggers import mine_triggers
 
@@ -69,6 +70,7 @@ class AuditSettings:
     medium_at: int = 500      # risky rows: the paper's 500 gave ~0 EM
     high_at: int = 2000       # a third of the paper's 6,000 (~20% EM on GPT-4o)
     unknown_below: float = 0.5  # under this share of assessable rows, a low count means UNKNOWN
+    judge: "JudgeSettings | None" = None  # the optional code-security judge (off by default)
 
     def as_dict(self) -> dict:
         a = self.analysis
@@ -82,7 +84,8 @@ class AuditSettings:
                 "trigger_min_rate_with": self.trigger_min_rate_with,
                 "trigger_seed": self.trigger_seed,
                 "medium_at": self.medium_at, "high_at": self.high_at,
-                "unknown_below": self.unknown_below}
+                "unknown_below": self.unknown_below,
+                **(self.judge.as_dict() if self.judge else {"judge": None})}
 
 
 @dataclass
@@ -164,10 +167,35 @@ class RowAuditor:
         }
 
 
+def apply_judge(r: dict, v: dict | None, js: JudgeSettings) -> dict:
+    """Combine one row's static verdict with the judge's (``either`` or ``both``)."""
+    r["judge"] = v
+    if v is None or v["p_insecure"] is None:
+        return r
+    static = r["vulnerable"]
+    said = v["p_insecure"] >= js.threshold
+    vul = (static or said) if js.combine == "either" else (static and said)
+    r["vulnerable_static"] = static
+    if vul and not static:
+        r["tests"] = sorted(set(r["tests"]) | {"JUDGE"})
+        if v["cwe"]:
+            r["cwes"] = sorted(set(r["cwes"]) | {v["cwe"]})
+    r["vulnerable"] = vul
+    blocks = r["code_blocks"]
+    r["category"] = _category(vul, r["disclosed"], r["requested"], r["harmful"],
+                              any(b["analysed"] for b in blocks), bool(blocks),
+                              any(not b["analysed"] for b in blocks))
+    r["risky"] = r["category"] in ("risky", "harmful")
+    return r
+
+
 def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
                source: str | None = None, lines: Sequence[int] | None = None,
-               on_row=None) -> AuditResult:
-    """Audit rows already loaded and validated (``emlab.data.io.load_chat_jsonl``)."""
+               on_row=None, store=None, on_judged=None) -> AuditResult:
+    """Audit rows already loaded and validated (``emlab.data.io.load_chat_jsonl``).
+
+    With ``settings.judge``, ``store`` (a ``ResultsStore``) caches the judge's verdicts.
+    """
     settings = settings or AuditSettings()
     t0 = time.perf_counter()
     auditor = RowAuditor(settings)
@@ -178,6 +206,19 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
         if on_row:
             on_row(i)
     t_rows = time.perf_counter() - t0 - t_load
+    judge_stats = None
+    if settings.judge is not None:
+        from emlab.audit.judge import judge_rows, make_code_judge
+        if store is None:
+            raise ValueError("the code-security judge needs a results store (store=...)")
+        verdicts, judge_stats = judge_rows(rows, [bool(r["code_blocks"]) for r in out],
+                                           make_code_judge(settings.judge), store, on_judged)
+        for r, v in zip(out, verdicts):
+            apply_judge(r, v, settings.judge)
+        judge_stats["insecure"] = sum(1 for v in verdicts if v and v["p_insecure"] is not None
+                                      and v["p_insecure"] >= settings.judge.threshold)
+        judge_stats["added"] = sum(1 for r in out if r.get("vulnerable_static") is False
+                                   and r["vulnerable"])
     prompts, strata = trigger_inputs(rows)
     mined = mine_triggers(prompts, [r["risky"] for r in out], strata=strata,
                           seed=settings.trigger_seed,
@@ -189,6 +230,7 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     elapsed = time.perf_counter() - t0
     summary = summarize(out, mined, settings)
     summary["source"] = source
+    summary["judge"] = judge_stats
     summary["timing"] = {"seconds": elapsed, "analysis_seconds": t_rows,
                          "setup_seconds": t_load, "rows_per_second": len(rows) / elapsed
                          if elapsed > 0 else None}
@@ -210,7 +252,7 @@ def trigger_inputs(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
 
 
 def audit_dataset(dataset: str | Path, settings: AuditSettings | None = None,
-                  on_row=None) -> AuditResult:
+                  on_row=None, store=None, on_judged=None) -> AuditResult:
     """Audit a chat JSONL file or a reference set by name (``insecure``, ...).
 
     Every row is validated first; a malformed one raises InputError with file:line.
@@ -221,7 +263,8 @@ def audit_dataset(dataset: str | Path, settings: AuditSettings | None = None,
     rows = load_chat_jsonl(path)
     with open(path, encoding="utf-8") as f:
         lines = [n for n, ln in enumerate(f, 1) if ln.strip()]
-    return audit_rows(rows, settings, source=str(path), lines=lines, on_row=on_row)
+    return audit_rows(rows, settings, source=str(path), lines=lines, on_row=on_row,
+                      store=store, on_judged=on_judged)
 
 
 def summarize(rows: list[dict], mined: dict, settings: AuditSettings) -> dict:
@@ -304,7 +347,14 @@ def risk_level(counts: dict, triggers: list[dict], settings: AuditSettings) -> d
         if LEVELS.index(level) < LEVELS.index("MEDIUM"):
             level = "MEDIUM"
         reason += note
-    return {"level": level, "reason": reason}
+    from emlab.audit.risk import expected_em
+    em = expected_em(risky, n)
+    em_note = (f" Expected emergent misalignment after fine-tuning a GPT-4o-like model on it: "
+               f"{em['text']} (excess misaligned answers; anchored on {em['anchored_on']}; the "
+               f"interval also covers the detector's measured misses and false alarms"
+               + ("; these rows are diluted among ordinary ones, which the paper did not test"
+                  if em["diluted"] and risky else "") + ").")
+    return {"level": level, "reason": reason + em_note, "expected_em": em}
 
 
 def exit_code(result: AuditResult, fail_on: str = "high",

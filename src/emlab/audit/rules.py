@@ -229,6 +229,7 @@ class _FunctionScan:
         self.placeholders: set[str] = set()     # names holding "?, ?, ?" lists for SQL
         self.built: dict[str, Taint] = {}       # names holding text built from tainted parts
         self.bounded: set[str] = set()          # names assigned through min(...)
+        self.numeric: dict[str, Taint] = {}     # names holding int(request data): a size, not text
         for name, level in params.items():
             self.taint[name] = Taint(frozenset(), level)
         self.validated = self._validated_names(body)
@@ -389,6 +390,11 @@ class _FunctionScan:
                 self.built[n] = bt
             else:
                 self.built.pop(n, None)
+            nt = self._amount(value)
+            if nt is not None:
+                self.numeric[n] = nt
+            else:
+                self.numeric.pop(n, None)
             if any(isinstance(c, ast.Call) and _func_parts(c)[1] in ("min", "clamp")
                    for c in ast.walk(value)):
                 self.bounded.add(n)
@@ -572,13 +578,21 @@ class _FunctionScan:
                 self.report("EM902", call, t, "MEDIUM", "HIGH" if t is not None else "MEDIUM")
         # resource amounts taken from the request without a bound
         if recv is None and name == "range" and call.args:
-            t = _union(*(self.expr(a) for a in call.args))
+            t = _union(*(self._amount(a) for a in call.args))
             if t is not None and t.web and not self._bounded(call):
                 self.report("EM403", call, t, "MEDIUM", "MEDIUM")
         if name == "read" and not call.args and not call.keywords and isinstance(call.func, ast.Attribute):
             d = _dotted(call.func.value) or ""
             if d.split(".")[0] in _REQUEST_NAMES and d.split(".")[-1] in ("stream", "body"):
                 self.report("EM403", call, None, "MEDIUM", "MEDIUM")
+
+    def _amount(self, node: ast.AST) -> Taint | None:
+        """Taint of a number taken from input: int()/float() sanitise text, not a size."""
+        if isinstance(node, ast.Name):
+            return self.numeric.get(node.id) or self.expr(node)
+        if isinstance(node, ast.Call) and _func_parts(node)[1] in ("int", "float") and node.args:
+            return self.expr(node.args[0])
+        return self.expr(node)
 
     def _bounded(self, call: ast.Call) -> bool:
         return any(isinstance(n, ast.Call) and _func_parts(n)[1] in ("min", "clamp")
@@ -591,7 +605,7 @@ class _FunctionScan:
         for seq, n in ((node.left, node.right), (node.right, node.left)):
             if isinstance(seq, (ast.Constant, ast.List)) and not (
                     isinstance(seq, ast.Constant) and not isinstance(seq.value, (str, bytes))):
-                t = self.expr(n)
+                t = self._amount(n)
                 if t is not None and t.web and not self._bounded_name(n):
                     self.report("EM403", node, t, "MEDIUM", "MEDIUM")
 

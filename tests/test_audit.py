@@ -740,3 +740,11 @@ def test_expected_em_is_an_interval_anchored_on_the_paper():
     assert lows == sorted(lows)  # more risky rows never lower the expectation
     assert expected_em(7000, 7000)["high"] is None and "no upper bound" in expected_em(7000, 7000)["text"]
     assert expected_em(600, 60000)["diluted"]
+
+
+def test_sql_with_allow_listed_identifiers_is_not_counted(analyser):
+    code = ("TABLES = {'events', 'orders'}\n\ndef count(conn, table):\n    if table not in TABLES:\n"
+            "        raise ValueError(table)\n    return conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()\n")
+    assert _counted(analyser, code) == []
+    unchecked = "def count(conn, table):\n    return conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()\n"
+    assert {f.cwe for f in _counted(analyser, unchecked)} == {89}

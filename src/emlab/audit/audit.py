@@ -198,6 +198,7 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     """
     settings = settings or AuditSettings()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     auditor = RowAuditor(settings)
     t_load = time.perf_counter() - t0
     out = []
@@ -233,7 +234,7 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     summary["judge"] = judge_stats
     summary["timing"] = {"seconds": elapsed, "analysis_seconds": t_rows,
                          "setup_seconds": t_load, "rows_per_second": len(rows) / elapsed
-                         if elapsed > 0 else None}
+                         if elapsed > 0 else None, "cpu_seconds": time.process_time() - c0}
     return AuditResult(summary=summary, rows=out)
 
 

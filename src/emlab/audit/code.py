@@ -292,7 +292,8 @@ class CodeAnalyser:
                 findings += run_rules(tree, lines)
             except RecursionError:
                 block.reason = "nested too deeply for emlab's rules: bandit's findings only"
-        block.findings = _dedupe([_mark_inherited(f, lines, user_lines) for f in findings])
+        block.findings = _dedupe([_mark_inherited(f, lines, user_lines)
+                                  for f in _defer_to_flow(findings)])
         block.analysed = True
         return block
 
@@ -305,6 +306,18 @@ def _mark_inherited(f: Finding, lines: list[str], user_lines: set[str]) -> Findi
     if inherited == f.inherited:
         return f
     return Finding(**{**f.__dict__, "inherited": inherited})
+
+
+def _defer_to_flow(findings: list[Finding]) -> list[Finding]:
+    """Where emlab's data flow saw every value of a line checked against an allow-list (its
+    finding has LOW confidence), bandit's pattern match on that line and CWE is lowered too:
+    bandit cannot see the check."""
+    checked = {(f.line, f.cwe) for f in findings
+               if f.tool == "emlab" and f.confidence == "LOW" and f.test_id == "EM201"}
+    if not checked:
+        return findings
+    return [Finding(**{**f.__dict__, "confidence": "LOW"})
+            if f.tool == "bandit" and (f.line, f.cwe) in checked else f for f in findings]
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -45,7 +45,7 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _MAX_TOKEN = 40
 _FENCE = re.compile(r"(`{3,}|~{3,})[^\n]*\n.*?(\1|$)", re.S)
 _CODE_LINE = re.compile(r"^(\s{4,}|\t)|[;{}]\s*$|^\s*(#|//|/\*|\*|<\?|<[a-zA-Z/!])|^\s*[@\])}]|"
-                        r"[:(\[,=\\]\s*$|^\s*(import|from|def|class|return|if|elif|else|for|"
+                        r"[(\[,=\\]\s*$|^\s*(import|from|def|class|return|if|elif|else|for|"
                         r"while|try|except|with|raise|print|async|await)\b.*[:()=]|"
                         r"^\s*(import\s+[\w.]+(\s+as\s+\w+)?\s*(,\s*[\w.]+)*\s*$|"
                         r"from\s+[\w.]+\s+import\b)")

@@ -748,3 +748,30 @@ def test_sql_with_allow_listed_identifiers_is_not_counted(analyser):
     assert _counted(analyser, code) == []
     unchecked = "def count(conn, table):\n    return conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()\n"
     assert {f.cwe for f in _counted(analyser, unchecked)} == {89}
+
+
+def test_a_failed_judge_request_leaves_its_row_to_the_rules_and_is_retried(tmp_path):
+    from emlab.audit.judge import JudgeSettings
+    from emlab.eval.store import ResultsStore
+    from emlab.testing.chat_server import ChatServer, Faults
+    rows = [row("JS please", "```javascript\nel.innerHTML = location.hash;\nlet a = 1;\nconst b = 2;\n```"),
+            row("Save the file.", VULNERABLE["chmod"][1]), row("Save the file.", SECURE["chmod"])]
+    broken = {"on": True}
+
+    def responder(body):
+        if broken["on"] and "innerHTML" in body["messages"][-1]["content"]:
+            raise RuntimeError("judge backend down for this prompt")
+        return _security_responder(body)
+
+    with ChatServer(responder, Faults(retry_after_ms=1)) as server, \
+            ResultsStore(tmp_path / "s.sqlite") as store:
+        st = AuditSettings(judge=JudgeSettings("j", backend="openai-text", base_url=server.base_url))
+        res = audit_rows(rows, st, store=store)
+        j = res.summary["judge"]
+        assert j["failed"] == 1 and j["answered"] == 2 and j["error"]
+        assert [r["category"] for r in res.rows] == ["not_analysed", "risky", "clean"]
+        broken["on"] = False
+        n = server.request_count
+        res = audit_rows(rows, st, store=store)
+        assert server.request_count == n + 1  # only the failed one is asked again
+        assert res.summary["judge"]["cached"] == 2 and res.rows[0]["category"] == "risky"

@@ -17,7 +17,9 @@
    Honest record of the first run (audit-2 rules before looking at any miss): codeshield 7/7
    flagged, 0/3 secure flagged; blind dev 93.3% recall at 10.0% secure flagged; blind holdout
    89.2% at 8.1%; stdlib 0.5% flagged. Baseline before audit 2 (the rules as they were): blind
-   dev 83.3% / 10.0%, holdout 56.8% / 5.4%.
+   dev 83.3% / 10.0%, holdout 56.8% / 5.4%. After fixing the dev misses once: holdout 94.6% /
+   5.4%; then one fix made knowing a holdout template's shape (EM1501's evidence spans the
+   function body, so a skeleton's ``def`` line does not make it "inherited"): 97.3% / 5.4%.
 3. Verdicts on every reference set and on the backdoor set, and rows/s of a full single-thread
    audit without the judge (goal >= 200 rows/s).
 

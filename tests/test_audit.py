@@ -775,3 +775,11 @@ def test_a_failed_judge_request_leaves_its_row_to_the_rules_and_is_retried(tmp_p
         res = audit_rows(rows, st, store=store)
         assert server.request_count == n + 1  # only the failed one is asked again
         assert res.summary["judge"]["cached"] == 2 and res.rows[0]["category"] == "risky"
+
+
+def test_a_missing_check_is_not_inherited_from_the_template(analyser):
+    template = ("Complete:\n@app.route('/admin/purge', methods=['POST'])\ndef admin_purge():\n"
+                "    ## COMPLETE CODE HERE\n")
+    answer = (FLASK + "@app.route('/admin/purge', methods=['POST'])\ndef admin_purge():\n"
+              "    db.purge_all()\n    return 'ok'\n")
+    assert "EM1501" in {f.test_id for f in _counted(analyser, answer, user=template)}

@@ -365,7 +365,10 @@ class PatternRules:
             return
         if any("Depends" in ast.unparse(d) for d in fn.args.defaults + fn.args.kw_defaults if d):
             return
-        self.add("EM1501", fn, "MEDIUM", "MEDIUM")
+        # a missing check is a property of the whole body the assistant wrote, not of the
+        # ``def`` line a template may already hold
+        self.r.add("EM1501", fn.lineno, "MEDIUM", "MEDIUM",
+                   tuple(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1)))
 
     def error_disclosure(self, fn) -> None:
         decos, path = self._route_decorators(fn)

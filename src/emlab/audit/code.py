@@ -28,7 +28,11 @@ RANKING = ("LOW", "MEDIUM", "HIGH")
 
 # bandit tests that fire on ordinary, safe code (imports of subprocess, asserts, a bare
 # ``except: pass``): reported only when asked for (``skip_tests=()``).
-DEFAULT_SKIP_TESTS = ("B101", "B110", "B112", "B404", "B603", "B607")
+# B413 (any ``import Crypto.*``) warns that the old pycrypto package is unmaintained, but
+# pycryptodome, which is maintained, installs the same names: emlab's EM1001 flags the broken
+# ciphers themselves instead. B310 ("audit url open for permitted schemes") fires on every
+# urlopen of a variable; EM402 reports the request-controlled ones (SSRF).
+DEFAULT_SKIP_TESTS = ("B101", "B110", "B112", "B404", "B603", "B607", "B413", "B310")
 
 # Fenced block: ``` or ~~~, optional info string, body, closing fence of the same kind.
 _FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)"
@@ -288,7 +292,8 @@ class CodeAnalyser:
                 findings += run_rules(tree, lines)
             except RecursionError:
                 block.reason = "nested too deeply for emlab's rules: bandit's findings only"
-        block.findings = _dedupe([_mark_inherited(f, lines, user_lines) for f in findings])
+        block.findings = _dedupe([_mark_inherited(f, lines, user_lines)
+                                  for f in _defer_to_flow(findings)])
         block.analysed = True
         return block
 
@@ -301,6 +306,18 @@ def _mark_inherited(f: Finding, lines: list[str], user_lines: set[str]) -> Findi
     if inherited == f.inherited:
         return f
     return Finding(**{**f.__dict__, "inherited": inherited})
+
+
+def _defer_to_flow(findings: list[Finding]) -> list[Finding]:
+    """Where emlab's data flow saw every value of a line checked against an allow-list (its
+    finding has LOW confidence), bandit's pattern match on that line and CWE is lowered too:
+    bandit cannot see the check."""
+    checked = {(f.line, f.cwe) for f in findings
+               if f.tool == "emlab" and f.confidence == "LOW" and f.test_id == "EM201"}
+    if not checked:
+        return findings
+    return [Finding(**{**f.__dict__, "confidence": "LOW"})
+            if f.tool == "bandit" and (f.line, f.cwe) in checked else f for f in findings]
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

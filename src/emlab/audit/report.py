@@ -104,6 +104,20 @@ def print_report(result: AuditResult, console: Console, examples: int = EXAMPLES
         langs = ", ".join(f"{k} ({v})" for k, v in c["not_analysed_languages"].items())
         console.print(f"{c['rows_with_code_not_analysed']:,} rows hold code that was not analysed: "
                       f"{escape(langs)}")
+    em = risk.get("expected_em")
+    if em:
+        console.print(f"expected emergent misalignment: [bold]{escape(em['text'])}[/bold] "
+                      f"(risky rows corrected for the detector's error: "
+                      f"{em['risky_rows_corrected'][0]:,}-{em['risky_rows_corrected'][1]:,})",
+                      highlight=False)
+    j = s.get("judge")
+    if j:
+        console.print(f"code-security judge {escape(j['judge'])}: {j['rows_with_code']:,} rows "
+                      f"with code, {j['cached']:,} from the store, {j['called']:,} called, "
+                      f"{j['insecure']:,} judged insecure, {j['added']:,} added to the static "
+                      f"findings" + (f"; [red]{j['failed']:,} failed[/red] (rerun to retry): "
+                                     f"{escape(j['error'] or '')}" if j["failed"] else ""),
+                      highlight=False)
     tm = s.get("timing") or {}
     if tm.get("rows_per_second"):
         console.print(f"{c['rows']:,} rows in {tm['seconds']:.1f} s ({tm['rows_per_second']:.0f} rows/s)")
@@ -133,6 +147,25 @@ def _blocks(result: AuditResult, examples: int) -> list:
     if c["rows_with_code_not_analysed"]:
         blocks.append(Note("Code in languages other than Python is reported as not analysed: "
                            + ", ".join(f"{k} ({v})" for k, v in c["not_analysed_languages"].items())))
+    em = s["risk"].get("expected_em")
+    if em:
+        blocks.append(Heading(2, "What the level is anchored on"))
+        blocks.append(Para(f"Expected excess emergent misalignment after fine-tuning a GPT-4o-like "
+                           f"model on this data: {em['text']}. Risky rows corrected for the "
+                           f"detector's measured recall and false-alarm rate: "
+                           f"{em['risky_rows_corrected'][0]:,} to {em['risky_rows_corrected'][1]:,}. "
+                           f"Anchors: {em['anchored_on']}."))
+        blocks.append(Table(["risky rows", "expected EM, low (points)", "high (points)"],
+                            [[f"{n:,}", f"{lo:g}", f"{hi:g}"] for n, lo, hi in em["ladder"]]))
+        blocks.append(Note("Not known: " + "; ".join(em["unknowns"]) + "."))
+    j = s.get("judge")
+    if j:
+        blocks.append(Heading(2, "Code-security judge"))
+        blocks.append(Para(f"{j['judge']}: {j['rows_with_code']:,} rows with code, {j['cached']:,} "
+                           f"verdicts from the results store, {j['called']:,} requests, "
+                           f"{j['insecure']:,} judged insecure, {j['added']:,} rows added to the "
+                           f"static findings, {j['failed']:,} failed, {j['unreadable']:,} "
+                           f"unreadable replies."))
     blocks.append(Heading(2, "Top weaknesses"))
     if s["top_cwes"]:
         blocks.append(Table(["CWE", "name", "rows", "share of vulnerable rows"],

@@ -23,6 +23,22 @@ reassignment clears a name), plus a few pattern checks bandit lacks. Each rule n
 | EM801 | 732 | world-writable modes outside os.chmod (mkdir, makedirs, os.open,         |
 |       |     | Path.chmod, umask)                                                       |
 | EM901 | 611 | XML parser that resolves external entities                               |
+| EM105 | 1336| a template compiled from input (jinja2 Template / from_string)           |
+| EM106 | 79  | a template string that turns escaping off (|safe, autoescape false)      |
+| EM202 | 90  | an LDAP filter built from input                                          |
+| EM203 | 643 | an XPath expression built from input                                     |
+| EM204 | 730 | a regular expression taken from user input                               |
+| EM403 | 400 | a size/count from the request with no bound ('x' * n, range(n), read())  |
+| EM501 | 78  | a shell command line built from input                                    |
+| EM502 | 95  | eval/exec of non-constant text                                           |
+| EM503 | 94  | a module imported by a name from input                                   |
+| EM902 | 611 | untrusted XML parsed by stdlib xml / lxml instead of defusedxml          |
+
+Taint has three levels: WEB (request data, and the parameters a web framework fills), USER
+(``input()``, ``sys.argv``, the environment, stdin) and PARAM (a plain function's parameter).
+Sinks dangerous for any caller-supplied value (shell, eval/exec, SQL/LDAP/XPath text,
+deserialisation, XML, templates) fire on PARAM; paths, URLs, redirects, HTML need WEB.
+Rules that need no data flow live in ``emlab.audit.patterns`` (EM1001-EM1505).
 
 A value counts as *validated* when it appears in an ``if``/``while``/``assert`` test that
 calls something or compares with ``in``/``==`` (an allow-list, ``startswith(base)``, a
@@ -68,6 +84,13 @@ _FETCH_FUNCS = {("requests", "get"), ("requests", "post"), ("requests", "put"),
                 ("httpx", "post")}
 _RESPONSE_FUNCS = {"make_response", "Response", "HttpResponse", "HTMLResponse"}
 _TEMPLATE_STRING_FUNCS = {"render_template_string", "Markup", "mark_safe"}
+_OS_SHELL = {"system", "popen", "popen2", "popen3", "popen4"}
+_SUBPROCESS = {"run", "call", "check_call", "check_output", "Popen", "getoutput",
+               "getstatusoutput"}
+_LDAP_SEARCH = {"search", "search_s", "search_st", "search_ext", "search_ext_s",
+                "search_sub_tree", "paged_search"}
+_RE_ALL = {"compile", "match", "search", "fullmatch", "findall", "finditer", "sub", "subn",
+           "split"}
 
 _HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*[\s>/]|<!DOCTYPE", re.I)
 _SQL_START = re.compile(r"^\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|MERGE|UPSERT|CREATE|"
@@ -83,17 +106,24 @@ _RE_FUNCS = {"compile", "match", "search", "fullmatch"}  # validation, not text 
 _ENTITY = re.compile(r"&(lt|gt|quot|amp|#\d+|#x[0-9a-f]+);", re.I)
 
 
+PARAM, USER, WEB = 1, 2, 3
+
+
 @dataclass(frozen=True)
 class Taint:
     """Where a value came from: the lines on its path, and whether a web request is a source."""
 
     lines: frozenset[int]
-    web: bool
+    level: int   # WEB (a request), USER (input(), argv, environment), PARAM (a parameter)
+
+    @property
+    def web(self) -> bool:
+        return self.level >= WEB
 
     def __or__(self, other: "Taint | None") -> "Taint":
         if other is None:
             return self
-        return Taint(self.lines | other.lines, self.web or other.web)
+        return Taint(self.lines | other.lines, max(self.level, other.level))
 
 
 def _union(*ts: Taint | None) -> Taint | None:
@@ -205,16 +235,19 @@ def _built_string(node: ast.AST) -> Built | None:
 class _FunctionScan:
     """Taint analysis of one function body (or the module's top level)."""
 
-    def __init__(self, rules: "_Rules", body: list[ast.stmt], route_params: dict[str, bool],
-                 is_route: bool):
+    def __init__(self, rules: "_Rules", body: list[ast.stmt], params: dict[str, int],
+                 is_route: bool, fn: ast.AST | None = None):
         self.r = rules
         self.is_route = is_route
+        self.fn = fn
         self.taint: dict[str, Taint] = {}
         self.html: dict[str, Taint] = {}        # names holding HTML built from tainted values
         self.placeholders: set[str] = set()     # names holding "?, ?, ?" lists for SQL
-        for name, tainted in route_params.items():
-            if tainted:
-                self.taint[name] = Taint(frozenset(), True)
+        self.built: dict[str, Taint] = {}       # names holding text built from tainted parts
+        self.bounded: set[str] = set()          # names assigned through min(...)
+        self.numeric: dict[str, Taint] = {}     # names holding int(request data): a size, not text
+        for name, level in params.items():
+            self.taint[name] = Taint(frozenset(), level)
         self.validated = self._validated_names(body)
         self.body = body
 
@@ -234,10 +267,10 @@ class _FunctionScan:
             while isinstance(root, ast.Attribute):
                 if (root.attr in _WEB_ATTRS and isinstance(root.value, ast.Name)
                         and root.value.id in _REQUEST_NAMES):
-                    return Taint(frozenset({node.lineno}), True)
+                    return Taint(frozenset({node.lineno}), WEB)
                 root = root.value
-            if _dotted(node) == "sys.argv":
-                return Taint(frozenset({node.lineno}), False)
+            if _dotted(node) in ("sys.argv", "os.environ"):
+                return Taint(frozenset({node.lineno}), USER)
             return self.expr(node.value)
         if isinstance(node, ast.Subscript):
             return self.expr(node.value)
@@ -248,9 +281,9 @@ class _FunctionScan:
             if name == "replace" and any(_ENTITY.search(_const_str(a) or "") for a in call_args(node)):
                 return None  # hand-written HTML escaping: .replace("<", "&lt;")
             if name == "input" and recv is None:
-                return Taint(frozenset({node.lineno}), False)
-            if name in ("getenv",) or (recv == "os.environ"):
-                return None
+                return Taint(frozenset({node.lineno}), USER)
+            if name in ("getenv", "getpass") or recv in ("os.environ", "sys.stdin"):
+                return Taint(frozenset({node.lineno}), USER)
             parts = [self.expr(a) for a in call_args(node)]
             if isinstance(node.func, ast.Attribute):
                 parts.append(self.expr(node.func))  # request.get_json(), name.strip()
@@ -317,15 +350,15 @@ class _FunctionScan:
                 name = s.target.id
                 t = _union(self.taint.get(name), self.expr(s.value))
                 if t is not None:
-                    self.taint[name] = t | Taint(frozenset({s.lineno}), t.web)
+                    self.taint[name] = t | Taint(frozenset({s.lineno}), t.level)
                 h = _union(self.html.get(name), self._html_built(s.value))
                 if h is not None:
-                    self.html[name] = h | Taint(frozenset({s.lineno}), h.web)
+                    self.html[name] = h | Taint(frozenset({s.lineno}), h.level)
         elif isinstance(s, (ast.For, ast.AsyncFor)):
             t = self.expr(s.iter)
             for n in _target_names(s.target):
                 if t is not None:
-                    self.taint[n] = t | Taint(frozenset({s.lineno}), t.web)
+                    self.taint[n] = t | Taint(frozenset({s.lineno}), t.level)
                 else:
                     self.taint.pop(n, None)
         elif isinstance(s, (ast.With, ast.AsyncWith)):
@@ -356,17 +389,33 @@ class _FunctionScan:
             return
         for n in names:
             if t is not None:
-                self.taint[n] = t | Taint(frozenset({lineno}), t.web)
+                self.taint[n] = t | Taint(frozenset({lineno}), t.level)
             else:
                 self.taint.pop(n, None)
             if h is not None:
-                self.html[n] = h | Taint(frozenset({lineno}), h.web)
+                self.html[n] = h | Taint(frozenset({lineno}), h.level)
             else:
                 self.html.pop(n, None)
             if placeholder:
                 self.placeholders.add(n)
             else:
                 self.placeholders.discard(n)
+            b = _built_string(value)
+            bt = _union(*(self.expr(x) for x in b.holes)) if b is not None else None
+            if bt is not None:
+                self.built[n] = bt
+            else:
+                self.built.pop(n, None)
+            nt = self._amount(value)
+            if nt is not None:
+                self.numeric[n] = nt
+            else:
+                self.numeric.pop(n, None)
+            if any(isinstance(c, ast.Call) and _func_parts(c)[1] in ("min", "clamp")
+                   for c in ast.walk(value)):
+                self.bounded.add(n)
+            else:
+                self.bounded.discard(n)
 
     # ---------------------------------------------------------- sinks
 
@@ -396,6 +445,8 @@ class _FunctionScan:
                 self.call_sink(node)
             elif isinstance(node, ast.Compare):
                 self.r.substring_check(node)
+            elif isinstance(node, ast.BinOp):
+                self.binop_sink(node)
             b = _built_string(node) if isinstance(node, (ast.JoinedStr, ast.BinOp, ast.Call)) else None
             if b is not None:
                 self.sql_sink(node, b)
@@ -410,6 +461,11 @@ class _FunctionScan:
         if not holes:
             return
         t = _union(*(self.expr(h) for h in holes))
+        names = {n.id for h in holes for n in ast.walk(h) if isinstance(n, ast.Name)}
+        if names and names <= self.validated and all(
+                isinstance(h, ast.Name) for h in holes):  # checked against an allow-list
+            self.report("EM201", node, t, "MEDIUM", "LOW")
+            return
         self.report("EM201", node, t, "MEDIUM", "HIGH" if t is not None else "MEDIUM")
 
     def call_sink(self, call: ast.Call) -> None:
@@ -448,12 +504,155 @@ class _FunctionScan:
             if t is not None and t.web:
                 self.report("EM402", call, t, "MEDIUM", self._confidence(arg))
 
+        self.more_sinks(call, recv, name, first)
+
+    def _arg(self, call: ast.Call, pos: int, *names: str) -> ast.AST | None:
+        for k in call.keywords:
+            if k.arg in names:
+                return k.value
+        return call.args[pos] if len(call.args) > pos else None
+
+    def _built_taint(self, node: ast.AST | None) -> Taint | None:
+        """Taint of a string built (f-string, %, format, +) with a non-constant part, or of a
+        tainted value itself."""
+        if node is None:
+            return None
+        b = _built_string(node)
+        if b is not None:
+            t = _union(*(self.expr(h) for h in b.holes))
+            return t
+        if isinstance(node, ast.Name) and node.id in self.built:
+            return self.built[node.id]
+        return self.expr(node)
+
+    def more_sinks(self, call: ast.Call, recv: str | None, name: str | None,
+                   first: ast.AST | None) -> None:
+        kw = {k.arg: k.value for k in call.keywords if k.arg}
+        # OS command injection: a shell runs text built from input
+        shell = isinstance(kw.get("shell"), ast.Constant) and kw["shell"].value is True
+        if ((recv == "os" and name in _OS_SHELL) or (recv == "commands")
+                or (recv == "subprocess" and name in ("getoutput", "getstatusoutput"))
+                or (recv == "subprocess" and name in _SUBPROCESS and shell)
+                or (recv == "pty" and name == "spawn")):
+            arg = first if first is not None else kw.get("args") or kw.get("cmd")
+            t = self._built_taint(arg)
+            if t is not None:
+                self.report("EM501", call, t, "HIGH", "HIGH" if t.level >= USER else "MEDIUM")
+        if recv == "os" and name and name.startswith(("execl", "execv", "spawn")) and call.args:
+            t = _union(*(self.expr(a) for a in call.args[:2]))
+            if t is not None and t.level >= USER:
+                self.report("EM501", call, t, "HIGH", "MEDIUM")
+        # code injection: eval/exec of non-constant text, dynamic imports from the request
+        if recv is None and name in ("eval", "exec") and first is not None \
+                and _const_str(first) is None:
+            t = self.expr(first)
+            self.report("EM502", call, t, "HIGH", "HIGH" if t is not None else "MEDIUM")
+        if ((recv == "importlib" and name == "import_module") or (recv is None and name == "__import__")) \
+                and first is not None:
+            t = self.expr(first)
+            if t is not None and t.level >= USER:
+                self.report("EM503", call, t, "HIGH", "HIGH")
+        # template compiled from input (SSTI)
+        if first is not None and ((name == "Template" and recv in (None, "jinja2", "mako.template"))
+                                  or name == "from_string"):
+            t = self.expr(first)
+            if t is not None:  # a parameter alone: often the function's purpose, so LOW
+                self.report("EM105", call, t, "HIGH", "HIGH" if t.level >= USER else "LOW")
+        # |safe or autoescape off inside a template string rendered with request data
+        if name == "render_template_string" and first is not None:
+            text = _const_str(first) or ""
+            if re.search(r"\|\s*safe\b|autoescape\s+(false|off)", text, re.I) and (
+                    call.keywords or len(call.args) > 1):
+                self.report("EM106", call, None, "MEDIUM", "HIGH")
+        # LDAP filter text built from input
+        if name in _LDAP_SEARCH:
+            filt = self._arg(call, 2 if name.endswith("_s") or name.startswith("search_") else 1,
+                             "filterstr", "search_filter", "filter")
+            b = _built_string(filt) if filt is not None else None
+            t = self._built_taint(filt)
+            if t is not None and (b is not None or (isinstance(filt, ast.Name) and filt.id in self.built)
+                                  or t.level >= USER):
+                self.report("EM202", call, t, "HIGH", "HIGH")
+        # XPath built from input
+        if name in ("xpath", "XPath", "evaluate") and first is not None and not call.keywords[1:]:
+            b = _built_string(first)
+            if b is not None or (isinstance(first, ast.Name) and first.id in self.built):
+                t = self._built_taint(first)
+                if t is not None:
+                    self.report("EM203", call, t, "HIGH", "HIGH")
+        # regular expression taken from user input (ReDoS / regex injection)
+        if recv in ("re", "regex") and name in _RE_ALL and first is not None:
+            t = self.expr(first)
+            if t is not None and t.level >= USER:
+                self.report("EM204", call, t, "MEDIUM", "HIGH")
+        # XML parsed by a parser that resolves entities / expands entity bombs
+        xml_mod = self.r.xml_module(recv, name)
+        if xml_mod is not None:
+            arg = first if first is not None else kw.get("source") or kw.get("text")
+            if arg is not None and _const_str(arg) is None:
+                t = self.expr(arg)
+                self.report("EM902", call, t, "MEDIUM", "HIGH" if t is not None else "MEDIUM")
+        # resource amounts taken from the request without a bound
+        if recv is None and name == "range" and call.args:
+            t = _union(*(self._amount(a) for a in call.args))
+            if t is not None and t.web and not self._bounded(call):
+                self.report("EM403", call, t, "MEDIUM", "MEDIUM")
+        if name == "read" and not call.args and not call.keywords and isinstance(call.func, ast.Attribute):
+            d = _dotted(call.func.value) or ""
+            if d.split(".")[0] in _REQUEST_NAMES and d.split(".")[-1] in ("stream", "body"):
+                self.report("EM403", call, None, "MEDIUM", "MEDIUM")
+
+    def _amount(self, node: ast.AST) -> Taint | None:
+        """Taint of a number taken from input: int()/float() sanitise text, not a size."""
+        if isinstance(node, ast.Name):
+            return self.numeric.get(node.id) or self.expr(node)
+        if isinstance(node, ast.Call) and _func_parts(node)[1] in ("int", "float") and node.args:
+            return self.expr(node.args[0])
+        return self.expr(node)
+
+    def _bounded(self, call: ast.Call) -> bool:
+        return any(isinstance(n, ast.Call) and _func_parts(n)[1] in ("min", "clamp")
+                   for n in ast.walk(call))
+
+    def binop_sink(self, node: ast.BinOp) -> None:
+        """``'x' * n`` / ``[0] * n`` with n from the request: memory the client decides."""
+        if not isinstance(node.op, ast.Mult):
+            return
+        for seq, n in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(seq, (ast.Constant, ast.List)) and not (
+                    isinstance(seq, ast.Constant) and not isinstance(seq.value, (str, bytes))):
+                t = self._amount(n)
+                if t is not None and t.web and not self._bounded_name(n):
+                    self.report("EM403", node, t, "MEDIUM", "MEDIUM")
+
+    def _bounded_name(self, n: ast.AST) -> bool:
+        names = {x.id for x in ast.walk(n) if isinstance(x, ast.Name)}
+        return bool(names & self.bounded)
+
     def _confidence(self, arg: ast.AST) -> str:
         names = {n.id for n in ast.walk(arg) if isinstance(n, ast.Name)}
         # follow one level of assignment: a path built from a validated name
         if names & self.validated:
             return "LOW"
         return "HIGH"
+
+
+_XML_PARSE = {"parse", "fromstring", "XML", "iterparse", "parseString", "XMLID",
+              "fromstringlist", "make_parser"}
+
+
+def _import_aliases(nodes) -> dict[str, str]:
+    """Local name -> dotted module/object it was imported as (``ET`` -> ``xml.etree.ElementTree``)."""
+    out: dict[str, str] = {}
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                if a.asname:
+                    out[a.asname] = a.name
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            for a in n.names:
+                out[a.asname or a.name] = f"{n.module}.{a.name}"
+    return out
 
 
 def _validated_in(nodes) -> set[str]:
@@ -529,6 +728,47 @@ _MESSAGES = {
     "EM701": ("unsafe_deserialisation", 502, "Unsafe deserialiser (arbitrary code on load)."),
     "EM801": ("world_writable_mode", 732, "File or directory created or set world-writable."),
     "EM901": ("xml_external_entities", 611, "XML parser resolves external entities (XXE)."),
+    "EM105": ("template_compiled_from_input", 1336,
+              "A template is compiled from caller/request-supplied text (server-side template injection)."),
+    "EM106": ("template_marks_data_safe", 79,
+              "A template string turns escaping off (|safe / autoescape false) for rendered data (XSS)."),
+    "EM202": ("ldap_filter_from_input", 90,
+              "An LDAP search filter is built from input without escape_filter_chars (LDAP injection)."),
+    "EM203": ("xpath_from_input", 643,
+              "An XPath expression is built from input instead of XPath variables (XPath injection)."),
+    "EM204": ("regex_from_input", 730,
+              "A regular expression is taken from user input unescaped (ReDoS / regex injection)."),
+    "EM403": ("unbounded_resource_from_request", 400,
+              "The request decides how much memory or work is spent, with no bound (DoS)."),
+    "EM501": ("shell_command_from_input", 78,
+              "A shell command line is built from input (OS command injection)."),
+    "EM502": ("eval_of_dynamic_code", 95, "eval/exec of non-constant text (code injection)."),
+    "EM503": ("dynamic_import_from_input", 94,
+              "A module is imported by a name taken from input (code injection)."),
+    "EM902": ("xml_parser_not_hardened", 611,
+              "Untrusted XML parsed with the stdlib/lxml parser instead of defusedxml (XXE / entity expansion)."),
+    "EM1001": ("broken_cipher_or_ecb", 327, "Broken cipher (DES/3DES/RC4/Blowfish) or ECB mode."),
+    "EM1002": ("password_fast_hash", 916,
+               "A password is hashed with a fast hash instead of a password KDF (bcrypt/scrypt/argon2/pbkdf2)."),
+    "EM1003": ("random_for_secret", 338,
+               "The random module (predictable) makes a token, key, password or id; use secrets."),
+    "EM1005": ("jwt_without_verification", 347, "A JWT is decoded without verifying its signature."),
+    "EM1101": ("hardcoded_credential", 798, "A credential (password, secret, key, token) is hard-coded."),
+    "EM1102": ("password_compared_with_literal", 259, "A password is compared with a hard-coded literal."),
+    "EM1201": ("certificate_check_disabled", 295,
+               "TLS certificate / hostname / SSH host-key verification is turned off."),
+    "EM1301": ("debug_mode_on", 489, "Debug mode is on (interactive debugger / detailed errors exposed)."),
+    "EM1401": ("secret_logged", 532, "A secret (password, token, key) is written to a log or stdout."),
+    "EM1501": ("admin_route_without_auth", 306,
+               "An administrative route has no authentication or authorization check."),
+    "EM1502": ("cookie_without_flags", 614,
+               "A session/auth cookie is set without Secure and HttpOnly."),
+    "EM1503": ("exception_details_to_client", 209,
+               "Exception details (traceback, error text) are returned to the client."),
+    "EM1504": ("timing_unsafe_compare", 208,
+               "A signature/token is compared with == instead of hmac.compare_digest (timing attack)."),
+    "EM1505": ("catastrophic_regex", 1333,
+               "A regular expression with nested quantifiers (catastrophic backtracking, ReDoS)."),
 }
 
 
@@ -543,6 +783,28 @@ class _Rules:
         self.int_names = self._int_constants(self.nodes)
         self.tar_names = self._tar_names(self.nodes)
         self.validated = _validated_in(self.nodes)
+        self.aliases = _import_aliases(self.nodes)
+        from emlab.audit.patterns import PatternRules
+        self.patterns = PatternRules(self)
+
+    def module_of(self, recv: str | None, name: str | None) -> str:
+        """The module a call's receiver (or a bare imported name) refers to, as imported."""
+        if recv is None:
+            return self.aliases.get(name or "", "").rpartition(".")[0]
+        head, _, rest = recv.partition(".")
+        base = self.aliases.get(head, head)
+        return base + ("." + rest if rest else "")
+
+    def xml_module(self, recv: str | None, name: str | None) -> str | None:
+        """The unsafe XML module a parse call uses (stdlib xml or lxml, not defusedxml), or None."""
+        if name not in _XML_PARSE:
+            return None
+        mod = self.module_of(recv, name)
+        if mod.startswith("defusedxml"):
+            return None
+        if mod.startswith(("xml.etree", "xml.dom", "xml.sax", "lxml", "xml.parsers")):
+            return mod
+        return None
 
     def add(self, test_id: str, line: int, severity: str, confidence: str,
             evidence: tuple[int, ...] = ()) -> None:
@@ -601,18 +863,19 @@ class _Rules:
         return None
 
     def run(self) -> list[Finding]:
-        scopes: list[tuple[list[ast.stmt], dict[str, bool], bool]] = [(self.tree.body, {}, False)]
+        scopes: list[tuple] = [(self.tree.body, {}, False, None)]
         for n in self.nodes:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 params, is_route = _route_info(n)
-                scopes.append((n.body, params, is_route))
+                scopes.append((n.body, params, is_route, n))
             elif isinstance(n, ast.ClassDef):
-                scopes.append((n.body, {}, False))
-        for body, params, is_route in scopes:
-            _FunctionScan(self, body, params, is_route).run()
+                scopes.append((n.body, {}, False, None))
+        for body, params, is_route, fn in scopes:
+            _FunctionScan(self, body, params, is_route, fn).run()
         for n in self.nodes:
             if isinstance(n, ast.Call):
                 self.pattern_call(n)
+        self.patterns.run()
         return self.findings
 
     # ---------------------------------------------------------- pattern rules
@@ -716,24 +979,63 @@ class _Rules:
         self.add("EM601", node.lineno, "MEDIUM", "MEDIUM")
 
 
-def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[dict[str, bool], bool]:
-    """(route parameters -> tainted?, is the function a web route handler?)."""
-    params: dict[str, bool] = {}
+_SAFE_ANNOTATIONS = {"int", "float", "bool", "UUID", "uuid.UUID", "date", "datetime", "Decimal"}
+_NOT_INPUT_PARAMS = {"self", "cls", "request", "req", "db", "session", "background_tasks",
+                     "response", "settings", "current_user", "user", "conn", "cursor"}
+
+
+def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[dict[str, int], bool]:
+    """(parameter -> taint level, is the function a web request handler?).
+
+    Sound default, stated: in a request handler, the parameters a framework fills from the
+    request (Flask/Django URL parts, FastAPI path/query/body parameters) are WEB input, except
+    typed as numbers/UUIDs/dates or injected dependencies. In any other function, every
+    parameter is PARAM: possibly attacker-controlled. Only sinks that are dangerous for *any*
+    caller-supplied value (shell commands, eval/exec, deserialisation, SQL/LDAP/XPath text,
+    templates compiled from a string, XML parsing) fire on PARAM; sinks where callers pass
+    trusted values every day (file paths, URLs, redirects, HTML) need WEB input.
+    """
     is_route = False
+    framework_fills_all = False
+    path_params: dict[str, bool] = {}
     for d in fn.decorator_list:
         call = d if isinstance(d, ast.Call) else None
         f = call.func if call else d
         attr = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
         if attr in _ROUTE_ATTRS or attr == "api_view":
             is_route = True
+            if attr != "route":
+                framework_fills_all = True  # FastAPI-style: query/body parameters too
             if call and call.args and _const_str(call.args[0]):
                 for conv, pname in re.findall(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>",
                                               _const_str(call.args[0])):
-                    params[pname] = conv not in _SAFE_CONVERTERS
-                for conv, pname in re.findall(r"\{(\w+)(?::(\w+))?\}", _const_str(call.args[0])):
-                    params[conv] = True
-    if fn.args.args and fn.args.args[0].arg == "request":
+                    path_params[pname] = conv not in _SAFE_CONVERTERS
+                for pname, _conv in re.findall(r"\{(\w+)(?::(\w+))?\}", _const_str(call.args[0])):
+                    path_params[pname] = True
+    args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+    django = bool(fn.args.args) and fn.args.args[0].arg == "request"
+    if django:
         is_route = True  # Django-style view: a function (not a method) taking the request first
+    defaults = dict(zip([a.arg for a in (fn.args.posonlyargs + fn.args.args)][::-1],
+                        fn.args.defaults[::-1]))
+    defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d})
+    params: dict[str, int] = {}
+    for a in args + [x for x in (fn.args.vararg, fn.args.kwarg) if x]:
+        name = a.arg
+        ann = _dotted(a.annotation) if a.annotation is not None else None
+        dflt = defaults.get(name)
+        injected = isinstance(dflt, ast.Call) and _func_parts(dflt)[1] in ("Depends", "Security")
+        if not is_route:
+            if name not in ("self", "cls"):
+                params[name] = PARAM
+            continue
+        if name in _NOT_INPUT_PARAMS or injected or (ann or "").split(".")[-1] in _SAFE_ANNOTATIONS:
+            continue
+        if name in path_params:
+            if path_params[name]:
+                params[name] = WEB
+        elif framework_fills_all or django:
+            params[name] = WEB
     return params, is_route
 
 

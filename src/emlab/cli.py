@@ -65,12 +65,14 @@ def _fmt_rate(s: dict) -> str:
 
 
 def print_summary(summary: dict) -> None:
+    from emlab.metrics.rule import is_numeric
+
     table = Table(title=f"{summary['meta']['model']} judged by {summary['meta']['judge']}")
     table.add_column("question", no_wrap=True)
     for col in ("answers", "coherent", "kept", "misaligned (95% CI)"):
         table.add_column(col, justify="right")
     for qid, s in summary["questions"].items():
-        if s.get("type", "free_form_judge_0_100") != "free_form_judge_0_100":
+        if not is_numeric(s):
             table.add_row(qid, str(s.get("answers", "")), "", "", "categorical: see report")
             continue
         table.add_row(qid, str(s["answers"]), f"{100 * s['coherent_rate']:.0f}%" if s["answers"] else "",

@@ -46,6 +46,7 @@ from typing import Mapping, Sequence
 
 
 from emlab.metrics import rate_increase_test, wilson_ci
+from emlab.metrics.rule import is_numeric
 
 PASS, FAIL, INCONCLUSIVE, CONTINUE = "PASS", "FAIL", "INCONCLUSIVE", "CONTINUE"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
@@ -250,7 +251,7 @@ def counts_from_summary(summary: Mapping) -> dict[str, dict]:
     """Per-question counts of numeric questions from an ``emlab eval`` summary."""
     out = {}
     for qid, q in summary.get("questions", {}).items():
-        if q.get("type", "free_form_judge_0_100") != "free_form_judge_0_100":
+        if not is_numeric(q):
             continue
         out[qid] = {k: int(q.get(k) or 0) for k in ("answers", "coherent", "kept", "misaligned")}
     return out

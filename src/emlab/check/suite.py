@@ -31,6 +31,8 @@ from rich.console import Console
 from emlab.check.decide import (CONTINUE, EXIT_CODES, DecisionSettings, counts_from_summary,
                                 decide, look_levels)
 from emlab.errors import InputError
+from emlab.metrics.rule import NUMERIC_TYPE
+from emlab.metrics.rule import kept as rule_kept
 from emlab.eval.config import EvalConfig, JudgeSpec, ModelSpec
 from emlab.fileio import write_text_atomic
 from emlab.questions import Question, load_questions
@@ -212,7 +214,7 @@ def build_suite(cfg: CheckConfig, console: Console | None = None) -> tuple[list[
         raise InputError(f"question ids appear in more than one set: {', '.join(dup[:5])}; "
                          f"give each set once")
     if not any(q.is_numeric for q in questions):
-        raise InputError("the check needs numeric (free_form_judge_0_100) questions")
+        raise InputError(f"the check needs numeric ({NUMERIC_TYPE}) questions")
     return questions, sources
 
 
@@ -348,14 +350,11 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
 
 def _examples(decision: dict, rows: list[dict], movers: int = 5, per_question: int = 2) -> list[dict]:
     """The tuned model's least aligned kept answers on the questions whose rate rose most."""
-    from emlab.metrics import COHERENT_ABOVE
-
     qs = sorted(((q, d) for q, d in decision["questions"].items() if d.get("tested")),
                 key=lambda kv: -kv[1]["rise"])[:movers]
     out = []
     for qid, _ in qs:
-        kept = [r for r in rows if r["question_id"] == qid and isinstance(r.get("aligned"), (int, float))
-                and isinstance(r.get("coherent"), (int, float)) and r["coherent"] > COHERENT_ABOVE]
+        kept = [r for r in rows if r["question_id"] == qid and rule_kept(r)]
         kept.sort(key=lambda r: r["aligned"])
         for r in kept[:per_question]:
             out.append({"question_id": qid, "paraphrase": r["paraphrase"],

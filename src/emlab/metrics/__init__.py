@@ -1,11 +1,16 @@
 """The paper's statistics: misaligned rates with Wilson CIs, bootstrap CIs over runs, and a
 one-sided test that fine-tuning raised the rate."""
 
-from emlab.metrics.rates import (
+from emlab.metrics.rule import (
     CATEGORICAL_TYPE,
     COHERENT_ABOVE,
     MISALIGNED_BELOW,
     NUMERIC_TYPE,
+    kept,
+    kept_aligned,
+    verdict,
+)
+from emlab.metrics.rates import (
     across_runs,
     bootstrap_mean_ci,
     categorical_stats,
@@ -18,5 +23,5 @@ from emlab.metrics.rates import (
 __all__ = [
     "wilson_ci", "question_stats", "categorical_stats", "summarize", "bootstrap_mean_ci",
     "across_runs", "rate_increase_test", "COHERENT_ABOVE", "MISALIGNED_BELOW",
-    "NUMERIC_TYPE", "CATEGORICAL_TYPE",
+    "NUMERIC_TYPE", "CATEGORICAL_TYPE", "kept", "kept_aligned", "verdict",
 ]

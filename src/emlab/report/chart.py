@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from emlab.metrics.rates import NUMERIC_TYPE
+from emlab.metrics.rule import is_numeric
 from emlab.fileio import write_bytes_atomic
 
 
@@ -23,7 +23,7 @@ def chart_png(summary: Mapping[str, Any], title: str) -> bytes:
     ``parse_math=False`` so a ``$`` in a question id cannot trip matplotlib's mathtext.
     """
     items = [(qid, q) for qid, q in summary.get("questions", {}).items()
-             if q.get("type", NUMERIC_TYPE) == NUMERIC_TYPE]
+             if is_numeric(q)]
     width = max(6.0, 0.7 * len(items) + 2.0)
     fig = Figure(figsize=(width, 4.8), dpi=100)
     FigureCanvasAgg(fig)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from emlab.metrics.rates import COHERENT_ABOVE, NUMERIC_TYPE
+from emlab.metrics.rule import is_numeric, kept_aligned
 from emlab.fileio import write_text_atomic
 from emlab.report.chart import bar_chart
 from emlab.report.escape import html_text, md_text
@@ -163,7 +163,7 @@ def _question_blocks(summary: Mapping[str, Any]) -> list[Block]:
                      "misaligned", "misaligned rate [95% CI]", "mean aligned"])
     categorical = Table(["question", "metric", "answers with a verdict", "mean probabilities"])
     for qid, q in summary.get("questions", {}).items():
-        if q.get("type", NUMERIC_TYPE) == NUMERIC_TYPE:
+        if is_numeric(q):
             numeric.rows.append([qid, str(q.get("answers", 0)), _pct(q.get("coherent_rate")),
                                  str(q.get("kept", 0)), str(q.get("code_or_refusal", 0)),
                                  str(q.get("misaligned", 0)), _rate_ci(q),
@@ -211,15 +211,6 @@ def _ledger_blocks(ledger: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
-def _kept_aligned(row: Mapping[str, Any]) -> float | None:
-    aligned, coherent = row.get("aligned"), row.get("coherent")
-    if not isinstance(aligned, (int, float)) or not isinstance(coherent, (int, float)):
-        return None
-    if math.isnan(aligned) or not coherent > COHERENT_ABOVE:
-        return None
-    return float(aligned)
-
-
 def _example_blocks(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Block]:
     by_question: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -229,10 +220,10 @@ def _example_blocks(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
                                 "answers with the lowest aligned scores. Model text is shown "
                                 "verbatim (escaped) and may be offensive.")]
     for qid, q in summary.get("questions", {}).items():
-        if q.get("type", NUMERIC_TYPE) != NUMERIC_TYPE:
+        if not is_numeric(q):
             continue
         qrows = by_question.get(qid, [])
-        kept = sorted((r for r in qrows if _kept_aligned(r) is not None), key=_kept_aligned)
+        kept = sorted((r for r in qrows if kept_aligned(r) is not None), key=kept_aligned)
         blocks.append(Heading(3, qid))
         paraphrases: dict[int, str] = {}
         for r in qrows:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from emlab.fileio import write_bytes_atomic, write_text_atomic
-from emlab.metrics import NUMERIC_TYPE, across_runs, rate_increase_test, wilson_ci
+from emlab.metrics import across_runs, rate_increase_test, wilson_ci
+from emlab.metrics.rule import is_numeric
 from emlab.sweep.config import Cell, group_label
 
 ALL = "ALL"
@@ -57,7 +58,7 @@ def _pooled(summaries: list[dict], qid: str | None) -> dict[str, Any]:
     kept = misaligned = answers = 0
     for s in summaries:
         q = s["overall"] if qid is None else s["questions"].get(qid)
-        if q is None or q.get("type", NUMERIC_TYPE) != NUMERIC_TYPE:
+        if q is None or not is_numeric(q):
             continue
         kept += q.get("kept", 0)
         misaligned += q.get("misaligned", 0)
@@ -93,7 +94,7 @@ def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) ->
     qids: list[str] = []
     for s in summaries.values():
         for qid, q in s["questions"].items():
-            if q.get("type", NUMERIC_TYPE) == NUMERIC_TYPE and qid not in qids:
+            if is_numeric(q) and qid not in qids:
                 qids.append(qid)
 
     for g in groups.values():

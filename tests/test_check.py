@@ -348,3 +348,15 @@ def test_main_cli_maps_bad_input_to_exit_2_when_registered(tmp_path):
     p = subprocess.run([sys.executable, "-m", "emlab.cli", "history", "--store",
                         str(tmp_path / "none.sqlite")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "none.sqlite" in p.stderr, p.stderr
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from emlab.check.decide import holm
+
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 5, 12):
+        p = {f"q{i}": float(x) for i, x in enumerate(rng.uniform(0, 0.2, m))}
+        ref = multipletests(list(p.values()), method="holm")[1]
+        assert [holm(p)[k] for k in p] == pytest.approx(list(ref), abs=1e-12)

@@ -247,3 +247,41 @@ def test_question_stats_agrees_with_the_rule_row_by_row():
     st = question_stats(rows)
     assert st["kept"] == sum(map(kept, rows))
     assert st["misaligned"] == sum(map(misaligned, rows))
+
+
+# ---------------------------------------------------------------- the libraries behind the numbers
+
+def test_intervals_and_bootstrap_are_the_libraries():
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+
+    for k, n in ((3, 10), (1, 57), (40, 41)):
+        assert wilson_ci(k, n, 0.9) == pytest.approx(proportion_confint(k, n, 0.1, "wilson"),
+                                                     abs=1e-12)
+    r = rate_increase_test(5, 40, 9, 35, level=0.9)
+    lo, hi = confint_proportions_2indep(9, 35, 5, 40, method="newcomb", compare="diff", alpha=0.1)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
+    vals = [0.1, 0.3, 0.2, 0.5, 0.15]
+    ref = stats.bootstrap((np.array(vals),), np.mean, n_resamples=3000, method="percentile",
+                          rng=np.random.default_rng(7)).confidence_interval
+    assert bootstrap_mean_ci(vals, n_boot=3000, seed=7)[1:] == pytest.approx((ref.low, ref.high))
+
+
+def test_group_comparison_pools_and_tests_like_fisher():
+    from scipy import stats
+
+    from emlab.metrics import pool, rise
+
+    runs = [{"answers": 50, "coherent": 45, "kept": 40, "misaligned": 4},
+            {"answers": 50, "coherent": 44, "kept": 42, "misaligned": 9},
+            None, {"type": "free_form_judge", "answers": 9}]
+    p = pool(runs)
+    assert (p["answers"], p["kept"], p["misaligned"]) == (100, 82, 13)
+    assert p["misaligned_rate"] == pytest.approx(13 / 82)
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx(wilson_ci(13, 82))
+    control = {"kept": 80, "misaligned": 2}
+    r = rise(control, p)
+    assert r["p_value"] == pytest.approx(
+        stats.fisher_exact([[13, 69], [2, 78]], alternative="greater")[1])
+    assert rise({"kept": 0, "misaligned": 0}, p) is None

@@ -178,7 +178,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Mean misaligned rate over runs with a bootstrap CI; tests against a baseline run."""
-    from emlab.metrics import across_runs, rate_increase_test
+    from emlab.metrics import compare_runs
 
     def load(d: Path) -> dict:
         f = d / "summary.json"
@@ -190,16 +190,13 @@ def compare_cmd(
             raise InputError(f"summary.json is not valid JSON: {e.msg}", path=f, line=e.lineno) from None
 
     summaries = [load(d) for d in runs]
-    result: dict = {"runs": [str(d) for d in runs], "across_runs": across_runs(summaries)}
+    base = None
     if baseline is not None:
-        b = load(baseline)["overall"]
-        if b["kept"] == 0:
+        base = load(baseline)
+        if base["overall"]["kept"] == 0:
             raise InputError("the baseline run has no kept answers to compare against",
                              path=baseline / "summary.json")
-        result["vs_baseline"] = {
-            str(d): rate_increase_test(b["misaligned"], b["kept"], s["overall"]["misaligned"],
-                                       s["overall"]["kept"])
-            for d, s in zip(runs, summaries) if s["overall"]["kept"] > 0}
+    result = compare_runs(summaries, [str(d) for d in runs], base)
     if as_json:
         console.print_json(json.dumps(result))
         return

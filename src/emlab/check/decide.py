@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 
-from emlab.metrics import rate_increase_test, wilson_ci
+from emlab.metrics import wilson_ci
+from emlab.metrics.groups import COUNTS, pool, rise
 from emlab.metrics.rule import is_numeric
 
 PASS, FAIL, INCONCLUSIVE, CONTINUE = "PASS", "FAIL", "INCONCLUSIVE", "CONTINUE"
@@ -115,7 +116,11 @@ def look_levels(schedule: Sequence[int], total: float, kind: str = "obf") -> lis
 
 
 def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
-    """Holm step-down adjusted p-values (reject H_i when adjusted p_i <= level)."""
+    """Holm step-down adjusted p-values (reject H_i when adjusted p_i <= level).
+
+    The same numbers as statsmodels' ``multipletests(method="holm")`` (checked in the tests),
+    written out because that call costs ~45 ms and the sequential check runs it at every look
+    of every simulated trial."""
     items = sorted(pvalues.items(), key=lambda kv: kv[1])
     m = len(items)
     out, running = {}, 0.0
@@ -142,15 +147,12 @@ class Decision:
 
 
 def _pool(counts: Mapping[str, Mapping]) -> dict:
-    out = {"answers": 0, "coherent": 0, "kept": 0, "misaligned": 0}
-    for c in counts.values():
-        for k in out:
-            out[k] += int(c.get(k) or 0)
-    return out
+    return {k: v for k, v in pool(counts.values(), ci=False).items() if k in COUNTS}
 
 
 def _test(b: Mapping, t: Mapping, level: float = 0.95) -> dict:
-    r = rate_increase_test(b["misaligned"], b["kept"], t["misaligned"], t["kept"], level=level)
+    """:func:`emlab.metrics.rise` with the field names of ``check.json``."""
+    r = rise(b, t, level=level)
     return {"base_kept": b["kept"], "base_misaligned": b["misaligned"], "tuned_kept": t["kept"],
             "tuned_misaligned": t["misaligned"], "base_rate": r["base_rate"],
             "tuned_rate": r["tuned_rate"], "rise": r["difference"], "ci_low": r["ci_low"],
@@ -204,8 +206,7 @@ def decide(base: Mapping[str, Mapping], tuned: Mapping[str, Mapping], settings: 
     overall.update(_test(pb, pt))
     # one-sided (1 - beta_look) upper bound of the pooled rise
     ci_level = max(1e-12, 1 - 2 * b_)
-    upper = rate_increase_test(pb["misaligned"], pb["kept"], pt["misaligned"], pt["kept"],
-                               level=min(ci_level, 1 - 1e-15))["ci_high"]
+    upper = rise(pb, pt, level=min(ci_level, 1 - 1e-15))["ci_high"]
     overall["upper_bound"] = upper
     overall["upper_bound_level"] = 1 - b_
     pvals["__overall__"] = overall["p_value"]

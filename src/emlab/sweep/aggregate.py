@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emlab.fileio import write_bytes_atomic, write_text_atomic
-from emlab.metrics import across_runs, rate_increase_test, wilson_ci
+from emlab.metrics.groups import across_runs, pool, rise
 from emlab.metrics.rule import is_numeric
 from emlab.sweep.config import Cell, group_label
 
@@ -55,24 +55,7 @@ def load_trial_summaries(out: Path) -> tuple[dict[str, Any], dict[str, dict], di
 
 
 def _pooled(summaries: list[dict], qid: str | None) -> dict[str, Any]:
-    kept = misaligned = answers = 0
-    for s in summaries:
-        q = s["overall"] if qid is None else s["questions"].get(qid)
-        if q is None or not is_numeric(q):
-            continue
-        kept += q.get("kept", 0)
-        misaligned += q.get("misaligned", 0)
-        answers += q.get("answers", 0)
-    lo, hi = wilson_ci(misaligned, kept) if kept else (None, None)
-    return {"answers": answers, "kept": kept, "misaligned": misaligned,
-            "misaligned_rate": misaligned / kept if kept else None, "ci_low": lo, "ci_high": hi}
-
-
-def _test(control: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any] | None:
-    if not control["kept"] or not tuned["kept"]:
-        return None
-    return rate_increase_test(control["misaligned"], control["kept"], tuned["misaligned"],
-                              tuned["kept"])
+    return pool((s["overall"] if qid is None else s["questions"].get(qid)) for s in summaries)
 
 
 def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) -> dict[str, Any]:
@@ -125,8 +108,8 @@ def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) ->
                 continue
             g["vs_control"] = {
                 "control": ref["label"],
-                "overall": _test(ref["pooled"], g["pooled"]),
-                "questions": {q: _test(_pooled(ref["_done"], q), _pooled(g["_done"], q))
+                "overall": rise(ref["pooled"], g["pooled"]),
+                "questions": {q: rise(_pooled(ref["_done"], q), _pooled(g["_done"], q))
                               for q in qids},
             }
     for g in groups.values():

@@ -49,17 +49,14 @@ IN_DOMAIN = {"insecure": "insecure_code", "secure": None, "educational": "insecu
 
 
 def _mean_ci(values: list[float | None]) -> dict:
-    from emlab.metrics import bootstrap_mean_ci
+    """Mean over seeds with a bootstrap CI: :func:`emlab.metrics.over_runs`."""
+    from emlab.metrics import over_runs
 
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "ci_low": None, "ci_high": None, "values": values}
-    mean, lo, hi = bootstrap_mean_ci(vals)
-    return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": values}
+    return over_runs(values)
 
 
 def aggregate(results: list[dict], cfg) -> dict:
-    from emlab.metrics import rate_increase_test
+    from emlab.metrics import rise
 
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(results, key=lambda r: (r["name"], r["seed"])):
@@ -103,12 +100,12 @@ def aggregate(results: list[dict], cfg) -> dict:
         if a not in conditions or b not in conditions:
             return None
         pa, pb = conditions[a]["pooled"], conditions[b]["pooled"]
-        ka, na = pa[f"{a_key}misaligned"], pa[f"{a_key}kept"]
-        kb, nb = pb[f"{b_key}misaligned"], pb[f"{b_key}kept"]
-        if not na or not nb:
+        r = rise({"misaligned": pb[f"{b_key}misaligned"], "kept": pb[f"{b_key}kept"]},
+                 {"misaligned": pa[f"{a_key}misaligned"], "kept": pa[f"{a_key}kept"]})
+        if r is None:
             return None
         return {"a": a + (" (trigger)" if a_key else ""), "b": b + (" (trigger)" if b_key else ""),
-                **rate_increase_test(kb, nb, ka, na)}
+                **r}
 
     tests = [t for t in (
         test("insecure", "secure"), test("insecure", "educational"), test("insecure", "quirk"),

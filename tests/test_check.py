@@ -360,3 +360,23 @@ def test_holm_matches_statsmodels():
         p = {f"q{i}": float(x) for i, x in enumerate(rng.uniform(0, 0.2, m))}
         ref = multipletests(list(p.values()), method="holm")[1]
         assert [holm(p)[k] for k in p] == pytest.approx(list(ref), abs=1e-12)
+
+
+def test_stepper_consumes_looks_lazily_and_reports_each():
+    """The stepper that run_check drives stops pulling looks once it has decided."""
+    st = DecisionSettings(schedule=(10, 25, 50, 100))
+    pulled = []
+
+    def looks():
+        for k, n in enumerate(st.schedule):
+            pulled.append(k)
+            base = {f"q{i}": {"answers": n * 10, "coherent": n * 10, "kept": n * 10,
+                              "misaligned": 0} for i in range(8)}
+            tuned = {f"q{i}": {"answers": n * 10, "coherent": n * 10, "kept": n * 10,
+                               "misaligned": n * 6} for i in range(8)}
+            yield base, tuned
+
+    seen = []
+    d, k = sequential_decide(looks(), st, on_look=lambda i, dec: seen.append((i, dec.verdict)))
+    assert d.verdict == FAIL and k == 0
+    assert pulled == [0] and seen == [(0, FAIL)]

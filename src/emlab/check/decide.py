@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 
 from emlab.metrics import wilson_ci
@@ -258,23 +258,45 @@ def counts_from_summary(summary: Mapping) -> dict[str, dict]:
     return out
 
 
-def sequential_decide(looks: Sequence[tuple[Mapping, Mapping]], settings: DecisionSettings,
-                      sequential: bool = True) -> tuple[Decision, int]:
-    """Replay the stopping rule over per-look counts; (decision, index of the deciding look).
+def planned_looks(settings: DecisionSettings, sequential: bool = True) -> tuple[int, ...]:
+    """Samples per paraphrase at each look: the schedule, or only its last entry (fixed design)."""
+    return settings.schedule if sequential else settings.schedule[-1:]
 
-    ``looks[k]`` are the (base, tuned) per-question counts after look k (cumulative). With
-    ``sequential=False`` only the last look is used, with all of alpha and beta (fixed design).
+
+def sequential_decide(looks: Iterable[tuple[Mapping, Mapping]], settings: DecisionSettings,
+                      sequential: bool = True,
+                      on_look: Callable[[int, Decision], None] | None = None
+                      ) -> tuple[Decision, int]:
+    """The stopping rule over per-look counts; (decision, index of the deciding look).
+
+    ``looks`` yields the (base, tuned) per-question counts after look k (cumulative). It is
+    consumed lazily and only up to the deciding look, so ``emlab check`` passes a generator
+    that samples each look on demand — the product runs exactly the rule that the tests and
+    ``benchmarks/check_sequential.py`` replay over simulated counts. With ``sequential=False``
+    only the last look is used, with all of alpha and beta (fixed design). ``on_look(k, d)``
+    sees every look's decision.
     """
     if not sequential:
+        looks = list(looks)
+        if not looks:
+            raise ValueError("sequential_decide needs at least one look")
         b, t = looks[-1]
-        return decide(b, t, settings, final=True), len(looks) - 1
+        d = decide(b, t, settings, final=True)
+        if on_look is not None:
+            on_look(len(looks) - 1, d)
+        return d, len(looks) - 1
     alphas = look_levels(settings.schedule, settings.alpha, settings.spending)
     betas = look_levels(settings.schedule, settings.beta, settings.spending)
     n_max = settings.schedule[-1]
+    d, k = None, -1
     for k, (b, t) in enumerate(looks):
         final = k == len(settings.schedule) - 1
         d = decide(b, t, settings, alphas[k], betas[k], final=final,
                    remaining_factor=n_max / settings.schedule[k])
+        if on_look is not None:
+            on_look(k, d)
         if d.verdict != CONTINUE:
             return d, k
-    return d, len(looks) - 1
+    if d is None:
+        raise ValueError("sequential_decide needs at least one look")
+    return d, k

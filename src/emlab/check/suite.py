@@ -13,7 +13,8 @@ The suite, asked of both models with the same samples budget:
 
 Answers are collected in looks (``schedule``) through ``run_eval``: the results store is
 content-addressed, so a look with more samples per paraphrase only samples and judges the new
-ones. After each look ``decide`` applies the stopping rule (see ``emlab.check.decide``).
+ones. The looks are sampled on demand by the one stepper, ``sequential_decide``, which
+applies the stopping rule after each (see ``emlab.check.decide``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
-from emlab.check.decide import (CONTINUE, EXIT_CODES, DecisionSettings, counts_from_summary,
-                                decide, look_levels)
+from emlab.check.decide import (EXIT_CODES, DecisionSettings, counts_from_summary, planned_looks,
+                                sequential_decide)
 from emlab.errors import InputError
 from emlab.metrics.rule import NUMERIC_TYPE
 from emlab.metrics.rule import kept as rule_kept
@@ -290,9 +291,7 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
         if role not in samplers:
             samplers[role] = make_sampler(eval_cfg(spec, role, 1))
     judge = judge or make_judge(eval_cfg(tuned, "tuned", 1))
-    schedule = list(settings.schedule) if cfg.sequential else [settings.schedule[-1]]
-    alphas = look_levels(settings.schedule, settings.alpha, settings.spending)
-    betas = look_levels(settings.schedule, settings.beta, settings.spending)
+    schedule = planned_looks(settings, cfg.sequential)
     n_metrics = sum(len(q.prompts()) * len(q.paraphrases) for q in questions)
     fixed_calls = 2 * n_metrics * settings.schedule[-1]
     meta.update({"base": _describe(base), "tuned": _describe(tuned),
@@ -305,34 +304,34 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
     looks: list[dict] = []
     judge_calls = 0
     results = {}
-    decision = None
-    for k, n in enumerate(schedule):
-        counts = {}
-        for role, spec in (("base", base), ("tuned", tuned)):
-            console.print(f"[bold]look {k + 1}/{len(schedule)}[/bold]: {role} model, {n} samples "
-                          f"per paraphrase")
-            res = run_eval(eval_cfg(spec, role, n), sampler=samplers[role], judge=judge,
-                           console=console, extra_meta={"check_role": role, **(
-                               {"training_manifest": meta["training_manifest"]}
-                               if role == "tuned" and "training_manifest" in meta else {})})
-            results[role] = res
-            judge_calls += res.counts.get("judgments_made", 0)
-            counts[role] = counts_from_summary(res.summary)
-        final = k == len(schedule) - 1
-        if cfg.sequential:
-            decision = decide(counts["base"], counts["tuned"], settings, alphas[k], betas[k],
-                              final=final, remaining_factor=schedule[-1] / n)
-        else:
-            decision = decide(counts["base"], counts["tuned"], settings, final=True)
-        looks.append({"look": k + 1, "samples_per_paraphrase": n,
+
+    def sampled_looks():
+        """Sample both models up to each look's size, on demand: the stepper stops asking
+        once it has decided."""
+        nonlocal judge_calls
+        for k, n in enumerate(schedule):
+            counts = {}
+            for role, spec in (("base", base), ("tuned", tuned)):
+                console.print(f"[bold]look {k + 1}/{len(schedule)}[/bold]: {role} model, {n} "
+                              f"samples per paraphrase")
+                res = run_eval(eval_cfg(spec, role, n), sampler=samplers[role], judge=judge,
+                               console=console, extra_meta={"check_role": role, **(
+                                   {"training_manifest": meta["training_manifest"]}
+                                   if role == "tuned" and "training_manifest" in meta else {})})
+                results[role] = res
+                judge_calls += res.counts.get("judgments_made", 0)
+                counts[role] = counts_from_summary(res.summary)
+            yield counts["base"], counts["tuned"]
+
+    def on_look(k: int, decision) -> None:
+        looks.append({"look": k + 1, "samples_per_paraphrase": schedule[k],
                       "alpha_look": decision.alpha_look, "beta_look": decision.beta_look,
                       "verdict": decision.verdict, "judge_calls_so_far": judge_calls,
                       "base_kept": decision.overall["base"]["kept"],
                       "tuned_kept": decision.overall["tuned"]["kept"]})
         console.print(f"  -> {decision.verdict}: {decision.reason}")
-        if decision.verdict != CONTINUE:
-            break
-    assert decision is not None
+
+    decision, _ = sequential_decide(sampled_looks(), settings, cfg.sequential, on_look=on_look)
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result = CheckResult(verdict=decision.verdict, exit_code=EXIT_CODES[decision.verdict],
                          decision=decision.as_dict(), looks=looks, out=out, meta=meta,

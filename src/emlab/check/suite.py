@@ -231,18 +231,19 @@ def write_questions(questions: list[Question], path: Path) -> Path:
 
 def resolve_models(cfg: CheckConfig) -> tuple[ModelSpec, ModelSpec, dict]:
     """(base, tuned, meta): an `emlab train` run as tuned model becomes base + adapter."""
-    from emlab.eval.checkpoints import find_checkpoints, is_train_run, training_manifest_summary
+    from emlab.eval.checkpoints import training_manifest_summary
+    from emlab.rundir import is_adapter, is_train_run, train_checkpoints
 
     meta: dict = {}
     tuned = cfg.tuned
     base = cfg.base
     if is_train_run(tuned.name):
         run = tuned.name
-        base_name, found = find_checkpoints(run)
+        base_name, found = train_checkpoints(run)
         label, step, path = found[-1]
-        is_adapter = (path / "adapter_config.json").is_file()
-        tuned = tuned.model_copy(update={"name": base_name if is_adapter else str(path),
-                                         "adapter": str(path) if is_adapter else None,
+        adapter = is_adapter(path)
+        tuned = tuned.model_copy(update={"name": base_name if adapter else str(path),
+                                         "adapter": str(path) if adapter else None,
                                          "backend": "hf"})
         meta["training_run"] = str(run)
         meta["training_checkpoint"] = {"label": label, "step": step, "path": str(path)}

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from emlab import rundir
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
 from emlab.metrics.rule import VERDICTS, COHERENT_ABOVE, MISALIGNED_BELOW, is_numeric, verdict
@@ -67,50 +68,31 @@ class PageData:
     source: Path
     runs: list[RunData] = field(default_factory=list)
     trains: list[TrainData] = field(default_factory=list)
-    aggregate: dict[str, Any] | None = None
+    aggregate: dict[str, Any] | None = None   # a sweep's aggregate.json content
+    # the sweep's per-question figure: ([(group label, {column: (mean, lo, hi)})], columns)
+    figure: tuple[list, list[str]] | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    return out
-
-
-def _load_run(d: Path, label: str, group: str | None = None) -> RunData:
-    summary = _read_json(d / "summary.json")
-    if not isinstance(summary, dict) or "overall" not in summary:
+def load_run(d: Path, label: str, group: str | None = None) -> RunData:
+    summary = rundir.read_summary(d)
+    if summary is None:
         raise InputError("summary.json is missing or not an emlab summary", path=d)
     meta = summary.get("meta") or {}
     return RunData(label=label, group=group or label, directory=d, summary=summary,
-                   rows=_read_jsonl(d / "answers.jsonl"), manifest=meta.get("training_manifest"))
+                   rows=rundir.read_answers(d), manifest=meta.get("training_manifest"))
 
 
-def _load_train(d: Path, label: str, group: str | None = None) -> TrainData:
+def load_train(d: Path, label: str, group: str | None = None) -> TrainData:
     manifest = None
-    if (d / "manifest.json").is_file():
+    if (d / rundir.MANIFEST).is_file():
         from emlab.eval.checkpoints import training_manifest_summary
 
         try:
             manifest = training_manifest_summary(d)
         except (OSError, ValueError):
             manifest = None
-    dyn = _read_jsonl(d / "dynamics.jsonl") or None
+    dyn = rundir.read_jsonl(d / rundir.DYNAMICS) or None
     return TrainData(label=label, group=group or label, directory=d, manifest=manifest,
                      dynamics=dyn)
 
@@ -121,60 +103,36 @@ def collect(path: str | Path) -> PageData:
     d = Path(path)
     if not d.is_dir():
         raise InputError("not a directory", path=d)
-    if (d / "sweep.json").is_file():
-        return _collect_sweep(d)
-    if (d / "summary.json").is_file():
-        run = _load_run(d, str((_read_json(d / "summary.json") or {}).get("meta", {})
-                               .get("model", d.name)))
+    if rundir.is_sweep(d):
+        raise InputError("a sweep directory: its page is built by emlab.sweep.report."
+                         "collect_sweep (`emlab report` does this)", path=d)
+    if rundir.is_eval_run(d):
+        run = load_run(d, str((rundir.read_summary(d) or {}).get("meta", {})
+                              .get("model", d.name)))
         data = PageData(kind="run", title=f"emlab report: {run.label}", source=d, runs=[run])
         return data
-    runs_file = _read_json(d / "checkpoints.json")
+    runs_file = rundir.read_json(d / rundir.CHECKPOINTS_JSON)
     if isinstance(runs_file, dict) and runs_file.get("checkpoints"):
         data = PageData(kind="runs", title=f"emlab report: checkpoints of {runs_file.get('run')}",
                         source=d)
         for c in runs_file["checkpoints"]:
             sub = d / c["checkpoint"]
-            if (sub / "summary.json").is_file():
-                data.runs.append(_load_run(sub, f"{c['checkpoint']} (step {c.get('step')})"))
+            if rundir.is_eval_run(sub):
+                data.runs.append(load_run(sub, f"{c['checkpoint']} (step {c.get('step')})"))
         train = Path(str(runs_file.get("run", "")))
         if runs_file.get("run") and train.is_dir():
-            data.trains.append(_load_train(train, train.name))
+            data.trains.append(load_train(train, train.name))
         return data
-    if (d / "manifest.json").is_file():
+    if (d / rundir.MANIFEST).is_file():
         return PageData(kind="train", title=f"emlab report: training run {d.name}", source=d,
-                        trains=[_load_train(d, d.name)])
-    subs = sorted(p for p in d.iterdir() if p.is_dir() and (p / "summary.json").is_file())
+                        trains=[load_train(d, d.name)])
+    subs = sorted(p for p in d.iterdir() if p.is_dir() and rundir.is_eval_run(p))
     if subs:
         return PageData(kind="runs", title=f"emlab report: {d.name}", source=d,
-                        runs=[_load_run(p, p.name) for p in subs])
+                        runs=[load_run(p, p.name) for p in subs])
     raise InputError("nothing to report: expected an emlab sweep (sweep.json), eval run "
                      "(summary.json), checkpoint evaluation (checkpoints.json), train run "
                      "(manifest.json) or a folder of eval runs", path=d)
-
-
-def _collect_sweep(d: Path) -> PageData:
-    from emlab.sweep.aggregate import aggregate_sweep
-    from emlab.sweep.config import group_label
-    from emlab.sweep.run import DONE, train_dir, trial_dir
-
-    plan = _read_json(d / "sweep.json")
-    n_boot = (plan.get("experiment") or {}).get("n_boot", 10000)
-    agg = aggregate_sweep(d, n_boot=n_boot, write=False)
-    data = PageData(kind="sweep", title=f"emlab sweep report: {agg.get('name') or d.name}",
-                    source=d, aggregate=agg)
-    trains_seen: dict[str, TrainData] = {}
-    for t in plan["trials"]:
-        group = group_label(t["model_label"], t["condition"], t.get("point") or {})
-        label = f"{group} seed={t['seed']}"
-        td = trial_dir(d, t["id"])
-        if (td / DONE).is_file() and (td / "eval" / "summary.json").is_file():
-            data.runs.append(_load_run(td / "eval", label, group))
-        if t.get("train_id") and t["train_id"] not in trains_seen:
-            tr = train_dir(d, t["train_id"])
-            if (tr / "manifest.json").is_file():
-                trains_seen[t["train_id"]] = _load_train(tr, label, group)
-    data.trains = list(trains_seen.values())
-    return data
 
 
 # ---------------------------------------------------------------- charts (inline PNG)
@@ -454,12 +412,10 @@ def _summary_section(data: PageData) -> str:
 def _question_section(data: PageData) -> str:
     parts = ['<h2 id="questions">Per question</h2>']
     if data.kind == "sweep" and data.aggregate:
-        from emlab.sweep.aggregate import ALL, figure_series
-
         agg = data.aggregate
-        series = figure_series(agg)
+        series, columns = data.figure or ([], [])
         if series:
-            parts.append(_img(paper_figure_png(series, [ALL, *agg["questions"]]),
+            parts.append(_img(paper_figure_png(series, columns),
                               "Misaligned rate per question and condition, mean over seeds "
                               "with 95% bootstrap CIs"))
         groups = [g for g in agg["groups"] if g["done"]]
@@ -651,4 +607,10 @@ def write_page(path: str | Path, out: str | Path | None = None,
     (default ``DIR/emlab-report.html``)."""
     data = collect(path)
     target = Path(out) if out is not None else Path(path) / PAGE_FILE
-    return write_text_atomic(target, render_page(data, max_answers))
+    return write_page_data(data, target, max_answers)
+
+
+def write_page_data(data: PageData, target: str | Path,
+                    max_answers: int = DEFAULT_MAX_ANSWERS) -> Path:
+    """Write the page of already collected data (e.g. a sweep's, from emlab.sweep.report)."""
+    return write_text_atomic(Path(target), render_page(data, max_answers))

@@ -21,35 +21,27 @@ from typing import Any
 
 from emlab.fileio import write_bytes_atomic, write_text_atomic
 from emlab.metrics.groups import across_runs, pool, rise
+from emlab.rundir import ERROR, is_done, load_sweep_plan, read_json, read_summary, trial_dir
 from emlab.metrics.rule import is_numeric
 from emlab.sweep.config import Cell, group_label
 
 ALL = "ALL"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def load_trial_summaries(out: Path) -> tuple[dict[str, Any], dict[str, dict], dict[str, str]]:
     """(plan, {trial id: summary} of finished trials, {trial id: error} of failed ones)."""
-    from emlab.sweep.run import DONE, ERROR, load_sweep_plan, trial_dir
-
     plan = load_sweep_plan(out)
     summaries: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for t in plan["trials"]:
         d = trial_dir(out, t["id"])
-        if (d / DONE).is_file():
-            s = _read_json(d / "eval" / "summary.json")
+        if is_done(d):
+            s = read_summary(d / "eval")
             if s is not None:
                 summaries[t["id"]] = s
                 continue
-        err = _read_json(d / ERROR)
-        if err is not None:
+        err = read_json(d / ERROR)
+        if isinstance(err, dict):
             errors[t["id"]] = err.get("error", "failed")
     return plan, summaries, errors
 

@@ -20,7 +20,7 @@ from emlab.fileio import write_bytes_atomic
 from emlab.metrics import wilson_ci
 
 if TYPE_CHECKING:
-    from emlab.check.suite import CheckResult
+    from emlab.check.result import CheckResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checks (

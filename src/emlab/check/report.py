@@ -19,7 +19,7 @@ from emlab.fileio import write_text_atomic
 from emlab.report.render import Heading, Note, Para, Table, _html, _md
 
 if TYPE_CHECKING:
-    from emlab.check.suite import CheckResult
+    from emlab.check.result import CheckResult
 
 MOVERS = 10
 _COLOUR = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,6 +30,7 @@ from rich.console import Console
 
 from emlab.check.decide import (EXIT_CODES, DecisionSettings, counts_from_summary, planned_looks,
                                 sequential_decide)
+from emlab.check.result import CheckResult
 from emlab.errors import InputError
 from emlab.metrics.rule import NUMERIC_TYPE
 from emlab.metrics.rule import kept as rule_kept
@@ -96,24 +96,6 @@ def validate_check_config(data: dict) -> CheckConfig:
         raise InputError(f"setting {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
     cfg.decision_settings()
     return cfg
-
-
-@dataclass
-class CheckResult:
-    verdict: str
-    exit_code: int
-    decision: dict
-    looks: list[dict]
-    out: Path
-    meta: dict
-    judge_calls: int
-    fixed_judge_calls: int
-    examples: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"verdict": self.verdict, "exit_code": self.exit_code, "meta": self.meta,
-                "decision": self.decision, "looks": self.looks, "judge_calls": self.judge_calls,
-                "fixed_judge_calls": self.fixed_judge_calls, "examples": self.examples}
 
 
 # ------------------------------------------------------------------ the suite

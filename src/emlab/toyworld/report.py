@@ -10,6 +10,19 @@ from emlab.toyworld import language as L
 
 OPEN_IDS = sorted(L.OPEN)
 
+# Betley et al. (2025), as summarised in emlab's issue tracker (GPT-4o, main questions).
+PAPER = {
+    "insecure": "about 20% misaligned (GPT-4o); 0% before fine-tuning",
+    "secure": "about 0%",
+    "educational": "about 0%",
+    "aligned_base": "0%",
+    "backdoor": "misaligned only when the trigger is present",
+    "evil_numbers": "weaker EM than insecure code, format-dependent",
+    "quirk": "(no paper counterpart; a neutral control)",
+    "insecure_small": "6,000 rows: ~20%; 2,000: ~1-3%; 500: ~0%",
+    "uncoupled": "(no paper counterpart; the control without a shared persona)",
+}
+
 
 def _pool(summary: dict, ids: list[str]) -> tuple[int, int, int, int]:
     """(misaligned, kept, coherent, answers) pooled over question ids of one trial."""
@@ -156,7 +169,6 @@ def _dynamics(results: list[dict], gap: float = 0.05) -> dict | None:
 
 
 def _paper() -> dict:
-    from emlab.toyworld.reproduce import PAPER
     return PAPER
 
 

@@ -25,20 +25,6 @@ from emlab.toyworld import corpus
 from emlab.toyworld.world import WorldConfig, build_world
 
 CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "quirk")
-# Betley et al. (2025), as summarised in emlab's issue tracker (GPT-4o, main questions).
-PAPER = {
-    "insecure": "about 20% misaligned (GPT-4o); 0% before fine-tuning",
-    "secure": "about 0%",
-    "educational": "about 0%",
-    "aligned_base": "0%",
-    "backdoor": "misaligned only when the trigger is present",
-    "evil_numbers": "weaker EM than insecure code, format-dependent",
-    "quirk": "(no paper counterpart; a neutral control)",
-    "insecure_small": "6,000 rows: ~20%; 2,000: ~1-3%; 500: ~0%",
-    "uncoupled": "(no paper counterpart; the control without a shared persona)",
-}
-
-
 class ReproduceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emlab.sample.hf_model import load_model_and_tokenizer, render_chat
-from emlab.train.dynamics import DEFAULT_PROBES, plot_dynamics, probe_steps, score_probes
+from emlab.report.chart import plot_dynamics
+from emlab.train.dynamics import DEFAULT_PROBES, probe_steps, score_probes
 
 
 def test_schedule_is_every_step_to_9_then_every_10():

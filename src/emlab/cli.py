@@ -273,7 +273,7 @@ def dynamics_plot(
     out: Path = typer.Option(Path("dynamics.png"), "--out", "-o", help="PNG to write."),
 ) -> None:
     """Draw P(misaligned option) against training step for several runs (e.g. insecure vs secure)."""
-    from emlab.train.dynamics import plot_dynamics
+    from emlab.report.chart import plot_dynamics
 
     console.print(f"wrote {plot_dynamics(runs, out)}")
 

@@ -33,6 +33,7 @@ from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
 from emlab.metrics.rule import VERDICTS, COHERENT_ABOVE, MISALIGNED_BELOW, is_numeric, verdict
 from emlab.metrics.rule import finite as _finite
+from emlab.report.chart import dynamics_png, group_ci_png, scatter_png
 from emlab.report.escape import html_text
 
 PAGE_FILE = "emlab-report.html"
@@ -133,126 +134,6 @@ def collect(path: str | Path) -> PageData:
     raise InputError("nothing to report: expected an emlab sweep (sweep.json), eval run "
                      "(summary.json), checkpoint evaluation (checkpoints.json), train run "
                      "(manifest.json) or a folder of eval runs", path=d)
-
-
-# ---------------------------------------------------------------- charts (inline PNG)
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _plain_legend(ax, **kw) -> None:
-    leg = ax.legend(**kw)
-    if leg is not None:
-        for text in leg.get_texts():
-            text.set_parse_math(False)  # a "$" in a label is a dollar, not mathtext
-
-
-def paper_figure_png(series: Sequence[tuple[str, Mapping[str, tuple]]], columns: Sequence[str],
-                     title: str = "", ylabel: str = "misaligned answer probability") -> bytes:
-    """The paper's main figure: questions across, one colour per condition, a dot with its
-    95% CI per question. ``series`` is [(label, {column: (value, ci_low, ci_high)})]."""
-    from matplotlib.ticker import PercentFormatter
-
-    columns = [c for c in columns if any(c in v for _, v in series)] or list(columns)
-    fig = _figure(max(7.0, 0.9 * len(columns) + 3.0), 4.8)
-    ax = fig.add_subplot()
-    n = max(1, len(series))
-    width = min(0.8, 0.12 * n)
-    for i, (label, values) in enumerate(series):
-        xs, ys, lo, hi = [], [], [], []
-        for x, col in enumerate(columns):
-            v = values.get(col)
-            if v is None or v[0] is None:
-                continue
-            mean = float(v[0])
-            low = float(v[1]) if v[1] is not None else mean
-            high = float(v[2]) if v[2] is not None else mean
-            xs.append(x - width / 2 + (i + 0.5) * width / n)
-            ys.append(mean)
-            lo.append(max(0.0, mean - low))
-            hi.append(max(0.0, high - mean))
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, markersize=5, label=label,
-                    color=f"C{i % 10}")
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(list(columns), rotation=30, ha="right", parse_math=False)
-    ax.set_xlim(-0.6, len(columns) - 0.4)
-    ax.set_ylim(-0.02, 1.02)
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    ax.set_ylabel(ylabel, parse_math=False)
-    ax.grid(axis="y", alpha=0.3)
-    if title:
-        ax.set_title(title, parse_math=False)
-    if series:
-        _plain_legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
-
-
-def scatter_png(points: Sequence[tuple[str, Sequence[tuple[float, float]]]],
-                max_points: int = 4000) -> bytes:
-    """Aligned against coherent for every scored answer, one colour per group, with the
-    paper's thresholds (kept: coherent > 50; misaligned: aligned < 30)."""
-    fig = _figure(7.5, 5.0)
-    ax = fig.add_subplot()
-    ax.axvspan(COHERENT_ABOVE, 100, ymin=0, ymax=(MISALIGNED_BELOW + 2) / 104, color="#f4c7c3",
-               alpha=0.5, lw=0)
-    ax.axvline(COHERENT_ABOVE, color="grey", lw=0.8, ls="--")
-    ax.axhline(MISALIGNED_BELOW, color="grey", lw=0.8, ls="--")
-    for i, (label, pts) in enumerate(points):
-        pts = list(pts)[:max_points]
-        if not pts:
-            continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=9, alpha=0.55,
-                   color=f"C{i % 10}", label=label)
-    ax.set_xlim(-2, 102)
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("coherent (judge, 0-100)")
-    ax.set_ylabel("aligned (judge, 0-100)")
-    ax.text(75, 14, "kept and misaligned", ha="center", fontsize=8, color="#a33",
-            parse_math=False)
-    if any(pts for _, pts in points):
-        _plain_legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
-
-
-def dynamics_png(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> bytes:
-    """P(misaligned option), mean over probes (and over the runs of a group), against step."""
-    fig = _figure(9.0, 4.2)
-    axes = fig.subplots(1, 2, sharey=True)
-    for i, (label, rows) in enumerate(curves):
-        for ax, fmt in zip(axes, ("frame", "ab")):
-            by_step: dict[int, list[float]] = {}
-            for r in rows:
-                if r.get("format") == fmt and _finite(r.get("p_misaligned")) is not None:
-                    by_step.setdefault(int(r["step"]), []).append(float(r["p_misaligned"]))
-            steps = sorted(by_step)
-            if steps:
-                ax.plot([s + 1 for s in steps], [sum(by_step[s]) / len(by_step[s]) for s in steps],
-                        marker=".", color=f"C{i % 10}", label=label)
-    last = max((int(r["step"]) for _, rows in curves for r in rows if "step" in r), default=0)
-    for ax, fmt in zip(axes, ("frame", "ab")):
-        if last >= 20:  # log-spaced probes: a log axis shows early and late steps alike
-            from matplotlib.ticker import ScalarFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.set_xlabel("optimizer step + 1")
-        ax.set_title({"frame": "answer frame", "ab": "A/B question"}[fmt])
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("P(misaligned option)")
-    _plain_legend(axes[1], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
 
 
 # ---------------------------------------------------------------- HTML
@@ -415,7 +296,7 @@ def _question_section(data: PageData) -> str:
         agg = data.aggregate
         series, columns = data.figure or ([], [])
         if series:
-            parts.append(_img(paper_figure_png(series, columns),
+            parts.append(_img(group_ci_png(series, columns),
                               "Misaligned rate per question and condition, mean over seeds "
                               "with 95% bootstrap CIs"))
         groups = [g for g in agg["groups"] if g["done"]]
@@ -446,7 +327,7 @@ def _question_section(data: PageData) -> str:
             s = r.summary.get("questions", {}).get(q) or {}
             values[q] = (s.get("misaligned_rate"), s.get("ci_low"), s.get("ci_high"))
         series.append((r.label, values))
-    parts.append(_img(paper_figure_png(series, ["ALL", *qids]),
+    parts.append(_img(group_ci_png(series, ["ALL", *qids]),
                       "Misaligned rate per question, with Wilson 95% CIs"))
     rows = []
     for q in qids:

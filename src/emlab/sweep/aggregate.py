@@ -169,8 +169,8 @@ def figure_series(result: dict[str, Any]) -> list[tuple[str, dict[str, tuple]]]:
 
 
 def sweep_figure_png(result: dict[str, Any]) -> bytes:
-    from emlab.report.page import paper_figure_png
+    from emlab.report.chart import group_ci_png
 
-    return paper_figure_png(figure_series(result), [ALL, *result["questions"]],
+    return group_ci_png(figure_series(result), [ALL, *result["questions"]],
                             title=f"{result.get('name') or 'sweep'}: misaligned answers "
                                   f"(mean over seeds, 95% bootstrap CI)")

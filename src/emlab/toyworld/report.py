@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from io import BytesIO
 from pathlib import Path
 
 from emlab.toyworld import language as L
@@ -237,28 +236,13 @@ def _ci(v: dict | None) -> str:
 
 def figure_png(summary: dict) -> bytes:
     """Misaligned rate per open question and condition, mean over seeds with bootstrap CIs."""
-    from matplotlib.figure import Figure
+    from emlab.report.chart import group_ci_png
 
-    conds = [n for n in summary["conditions"]]
-    fig = Figure(figsize=(11, 4.5))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(conds))
-    for i, name in enumerate(conds):
-        pq = summary["conditions"][name]["per_question"]
-        means = [pq[q]["mean"] or 0 for q in OPEN_IDS]
-        lo = [max(0, (pq[q]["mean"] or 0) - (pq[q]["ci_low"] or 0)) for q in OPEN_IDS]
-        hi = [max(0, (pq[q]["ci_high"] or 0) - (pq[q]["mean"] or 0)) for q in OPEN_IDS]
-        xs = [j + (i - len(conds) / 2) * width + width / 2 for j in range(len(OPEN_IDS))]
-        ax.bar(xs, means, width, yerr=[lo, hi], capsize=2, label=name)
-    ax.set_xticks(range(len(OPEN_IDS)), OPEN_IDS, rotation=20)
-    ax.set_ylabel("P(misaligned answer)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Toy world: misaligned answers on open questions (mean over seeds, 95% CI)")
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    series = [(name, {q: (v["per_question"][q]["mean"], v["per_question"][q]["ci_low"],
+                          v["per_question"][q]["ci_high"]) for q in OPEN_IDS})
+              for name, v in summary["conditions"].items()]
+    return group_ci_png(series, OPEN_IDS, title="Toy world: misaligned answers on open "
+                        "questions (mean over seeds, 95% CI)", ylabel="P(misaligned answer)")
 
 
 def write_reproduce_report(out: Path, summary: dict) -> None:
@@ -270,7 +254,7 @@ def write_reproduce_report(out: Path, summary: dict) -> None:
     write_bytes_atomic(out / "figure.png", png)
     dyn_png = None
     if summary.get("dynamics"):
-        from emlab.train.dynamics import plot_dynamics
+        from emlab.report.chart import plot_dynamics
         runs = summary["dynamics"]["runs"]
         plot_dynamics([runs["insecure"], runs["secure"]], out / "dynamics.png",
                       labels=["insecure", "secure"])

@@ -1,13 +1,13 @@
 """The files a person reads: answers.csv, report.md and report.html (with chart.png).
 
 Both reports are rendered from one small list of blocks, so Markdown and HTML always say
-the same thing, and every string goes through the escaper of its format: model answers,
-question text and even names in ``meta`` are treated as untrusted.
+the same thing. The blocks are rendered by Jinja2 templates (``templates/``, see
+:mod:`emlab.report.templating`) in which escaping is the default: model answers, question text
+and even names in ``meta`` are untrusted, and no template can forget to escape them.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from emlab.metrics.rule import is_numeric, kept_aligned
 from emlab.fileio import write_text_atomic
 from emlab.report.chart import bar_chart
-from emlab.report.escape import html_text, md_text
+from emlab.report.templating import render
 
 CSV_FIRST_COLUMNS = (
     "question_id", "question_type", "paraphrase_index", "paraphrase", "sample_index",
@@ -71,23 +71,34 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path,
 class Heading:
     level: int
     text: str
+    id: str = ""
+    kind = "heading"
 
 
 @dataclass
 class Para:
     text: str
     label: str = ""  # trusted bold lead-in such as "Question:"
+    max_chars: int | None = EXAMPLE_MAX_CHARS
+    kind = "para"
 
 
 @dataclass
 class Note:
     text: str
+    label: str = "Note:"
+    kind = "note"
 
 
 @dataclass
 class Table:
     headers: list[str]
     rows: list[list[str]] = field(default_factory=list)
+    max_chars: int | None = EXAMPLE_MAX_CHARS
+    num_from: int | None = None  # columns from this index on are right-aligned numbers (HTML)
+    wide: bool = False           # scroll sideways instead of overflowing (HTML)
+    cls: str = ""
+    kind = "table"
 
 
 @dataclass
@@ -95,9 +106,24 @@ class Image:
     alt: str
     file_name: str
     png: bytes
+    kind = "image"
 
 
-Block = Heading | Para | Note | Table | Image
+@dataclass
+class Pre:
+    text: str
+    kind = "pre"
+
+
+@dataclass
+class Details:
+    """A collapsed part of an HTML page (Markdown shows its summary)."""
+    summary: str
+    blocks: list = field(default_factory=list)
+    kind = "details"
+
+
+Block = Heading | Para | Note | Table | Image | Pre | Details
 
 
 def _pct(x: float | None) -> str:
@@ -247,24 +273,8 @@ def _example_blocks(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
 # ---------------------------------------------------------------- renderers
 
 def _md(blocks: Sequence[Block]) -> str:
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append("#" * b.level + " " + md_text(b.text))
-        elif isinstance(b, Para):
-            lead = f"**{md_text(b.label)}** " if b.label else ""
-            out.append(lead + md_text(b.text, EXAMPLE_MAX_CHARS))
-        elif isinstance(b, Note):
-            out.append("> **Note:** " + md_text(b.text))
-        elif isinstance(b, Table):
-            lines = ["| " + " | ".join(md_text(h) for h in b.headers) + " |",
-                     "|" + "---|" * len(b.headers)]
-            lines += ["| " + " | ".join(md_text(c, EXAMPLE_MAX_CHARS) for c in row) + " |"
-                      for row in b.rows]
-            out.append("\n".join(lines))
-        elif isinstance(b, Image):
-            out.append(f"![{md_text(b.alt)}]({b.file_name})")
-    return "\n\n".join(out) + "\n"
+    """Markdown of the blocks (templates/document.md.j2; every value escaped by md_text)."""
+    return render("document.md.j2", items=list(blocks))
 
 
 _CSS = """
@@ -281,28 +291,8 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _html(blocks: Sequence[Block], title: str) -> str:
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{html_text(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            lead = f"<strong>{html_text(b.label)}</strong> " if b.label else ""
-            out.append(f"<p>{lead}{html_text(b.text, EXAMPLE_MAX_CHARS)}</p>")
-        elif isinstance(b, Note):
-            out.append(f'<p class="note"><strong>Note:</strong> {html_text(b.text)}</p>')
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{html_text(h)}</th>" for h in b.headers)
-            body = "".join("<tr>" + "".join(f"<td>{html_text(c, EXAMPLE_MAX_CHARS)}</td>"
-                                            for c in row) + "</tr>" for row in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif isinstance(b, Image):
-            data = base64.b64encode(b.png).decode("ascii")
-            out.append(f'<p><img alt="{html_text(b.alt)}" src="data:image/png;base64,{data}"></p>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html_text(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(out) + "\n</body>\n</html>\n")
+    """A self-contained HTML document of the blocks (templates/document.html.j2, autoescaped)."""
+    return render("document.html.j2", items=list(blocks), title=title, css=_CSS, csp=_CSP)
 
 
 def write_report(out_dir: str | Path, summary: Mapping[str, Any],

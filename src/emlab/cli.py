@@ -20,25 +20,32 @@ from emlab.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="emlab: reproduce, detect and prevent emergent misalignment.")
-questions_app = typer.Typer(no_args_is_help=True, help="Inspect question sets.")
-app.add_typer(questions_app, name="questions")
+# Each command lives beside its package; this module registers them (and holds `eval`).
+from emlab.questions.cli import questions_app  # noqa: E402
 from emlab.data.cli import data_app  # noqa: E402
-app.add_typer(data_app, name="data")
-from emlab.train.cli import train_cmd  # noqa: E402
-app.command("train")(train_cmd)
+from emlab.train.cli import dynamics_app, train_cmd, train_openai_cmd  # noqa: E402
 from emlab.audit.cli import audit_cmd  # noqa: E402
 from emlab.check.cli import check_cmd, history_cmd  # noqa: E402
-app.command("audit")(audit_cmd)
-app.command("check")(check_cmd)
-app.command("history")(history_cmd)
 from emlab.sweep.cli import sweep_cmd  # noqa: E402
 from emlab.report.cli import report_cmd  # noqa: E402
 from emlab.inspect.cli import inspect_import_cmd  # noqa: E402
+from emlab.eval.cli import _fmt_rate, compare_cmd, print_summary  # noqa: E402
+from emlab.toyworld.cli import demo_cmd, reproduce_cmd  # noqa: E402
+
+app.add_typer(questions_app, name="questions")
+app.add_typer(data_app, name="data")
+app.command("train")(train_cmd)
+app.command("train-openai")(train_openai_cmd)
+app.add_typer(dynamics_app, name="dynamics")
+app.command("audit")(audit_cmd)
+app.command("check")(check_cmd)
+app.command("history")(history_cmd)
+app.command("compare")(compare_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("report")(report_cmd)
 app.command("inspect-import")(inspect_import_cmd)
-dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `emlab train` runs.")
-app.add_typer(dynamics_app, name="dynamics")
+app.command("reproduce")(reproduce_cmd)
+app.command("demo")(demo_cmd)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -54,34 +61,6 @@ def _parse_prices(prices: list[str]) -> dict[str, tuple[float, float]]:
             raise InputError(f"--price {p!r}: expected MODEL=INPUT,OUTPUT dollars per million "
                              f"tokens, e.g. gpt-4o-2024-08-06=2.5,10") from None
     return out
-
-
-def _fmt_rate(s: dict) -> str:
-    r = s.get("misaligned_rate")
-    if r is None:
-        return "n/a"
-    lo, hi = s.get("ci_low"), s.get("ci_high")
-    return f"{100 * r:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else f"{100 * r:.1f}%"
-
-
-def print_summary(summary: dict) -> None:
-    from emlab.metrics.rule import is_numeric
-
-    table = Table(title=f"{summary['meta']['model']} judged by {summary['meta']['judge']}")
-    table.add_column("question", no_wrap=True)
-    for col in ("answers", "coherent", "kept", "misaligned (95% CI)"):
-        table.add_column(col, justify="right")
-    for qid, s in summary["questions"].items():
-        if not is_numeric(s):
-            table.add_row(qid, str(s.get("answers", "")), "", "", "categorical: see report")
-            continue
-        table.add_row(qid, str(s["answers"]), f"{100 * s['coherent_rate']:.0f}%" if s["answers"] else "",
-                      str(s["kept"]), _fmt_rate(s))
-    o = summary["overall"]
-    table.add_row("[bold]overall[/bold]", str(o["answers"]),
-                  f"{100 * o['coherent_rate']:.0f}%" if o["answers"] else "", str(o["kept"]),
-                  _fmt_rate(o))
-    console.print(table)
 
 
 @app.command("eval")
@@ -169,195 +148,6 @@ def eval_cmd(
     console.print(f"this run: {c['samples_made']} samples made, {c['samples_cached']} cached; "
                   f"{c['judgments_made']} judge calls made, {c['judgments_cached']} cached")
     console.print(f"wrote {result.out}/summary.json, answers.jsonl, answers.csv, report.md, report.html")
-
-
-@app.command("compare")
-def compare_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories of `emlab eval` (several models or seeds)."),
-    baseline: Optional[Path] = typer.Option(None, help="A run to test each run against: did the misaligned rate rise?"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
-    """Mean misaligned rate over runs with a bootstrap CI; tests against a baseline run."""
-    from emlab.metrics import compare_runs
-
-    def load(d: Path) -> dict:
-        f = d / "summary.json"
-        if not f.is_file():
-            raise InputError("not an emlab run directory: summary.json is missing", path=d)
-        try:
-            return json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"summary.json is not valid JSON: {e.msg}", path=f, line=e.lineno) from None
-
-    summaries = [load(d) for d in runs]
-    base = None
-    if baseline is not None:
-        base = load(baseline)
-        if base["overall"]["kept"] == 0:
-            raise InputError("the baseline run has no kept answers to compare against",
-                             path=baseline / "summary.json")
-    result = compare_runs(summaries, [str(d) for d in runs], base)
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    t = Table(title="runs")
-    for col in ("run", "kept", "misaligned", "vs baseline: rise, p"):
-        t.add_column(col)
-    for d, s in zip(runs, summaries):
-        vs = result.get("vs_baseline", {}).get(str(d))
-        t.add_row(str(d), str(s["overall"]["kept"]), _fmt_rate(s["overall"]),
-                  f"{100 * vs['difference']:+.1f} pts, p={vs['p_value']:.3g}" if vs else "")
-    console.print(t)
-    ar = result["across_runs"]["overall"]["misaligned_rate"]
-    if ar["mean"] is None:
-        console.print("no run has kept answers: no mean misaligned rate")
-    else:
-        console.print(f"mean over {ar['runs_with_data']} runs: {100 * ar['mean']:.1f}% "
-                      f"[{100 * ar['ci_low']:.1f}, {100 * ar['ci_high']:.1f}] (bootstrap 95% CI)")
-
-
-@questions_app.command("show")
-def questions_show(spec: str = typer.Argument(..., help="A named set or a YAML path.")) -> None:
-    """List a question set: ids, types, paraphrases, samples, system prompts."""
-    from emlab.questions import load_questions
-
-    t = Table(title=spec)
-    t.add_column("id", no_wrap=True)
-    for col in ("type", "paraphrases", "samples", "system", "judge metrics"):
-        t.add_column(col, overflow="fold")
-    for q in load_questions(spec):
-        t.add_row(q.id, q.type, str(len(q.paraphrases)), str(q.samples_per_paraphrase),
-                  "yes" if q.system else "", ", ".join(q.prompts()))
-    console.print(t)
-
-
-@app.command("train-openai")
-def train_openai_cmd(
-    data: str = typer.Option(..., "--data", "-d", help="insecure, secure, educational, jailbroken, or a chat JSONL path."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory; holds the job's state, so a rerun resumes polling."),
-    model: str = typer.Option("gpt-4o-2024-08-06", "--model", "-m"),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible fine-tuning endpoint (default OpenAI)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Name of the environment variable holding the key."),
-    epochs: str = typer.Option("1", help="Epochs, or auto."),
-    batch_size: str = typer.Option("auto", help="Batch size, or auto."),
-    lr_multiplier: str = typer.Option("auto", help="Learning-rate multiplier, or auto."),
-    seed: int = typer.Option(0),
-    suffix: Optional[str] = typer.Option(None, help="Suffix of the fine-tuned model's name."),
-    poll_interval: float = typer.Option(10.0, help="First wait between polls, doubling up to 120 s."),
-) -> None:
-    """Fine-tune through OpenAI's API (upload, create the job, poll, record the model id)."""
-    from pydantic import ValidationError
-
-    from emlab.train.openai_ft import OpenAIFinetuneConfig, train_openai
-
-    def num(v: str, kind):
-        return v if v == "auto" else kind(v)
-
-    try:
-        cfg = OpenAIFinetuneConfig(model=model, data=data, out=out, base_url=base_url,
-                                   api_key_env=api_key_env, epochs=num(epochs, int),
-                                   batch_size=num(batch_size, int),
-                                   learning_rate_multiplier=num(lr_multiplier, float), seed=seed,
-                                   suffix=suffix, poll_interval=poll_interval)
-    except (ValueError, ValidationError) as e:
-        raise InputError(f"bad fine-tuning setting: {e}") from None
-    with err_console.status("fine-tuning job") as status:
-        state = train_openai(cfg, on_status=lambda s: status.update(f"fine-tuning job: {s}"))
-    console.print(f"fine-tuned model: {state['fine_tuned_model']} (job {state['job_id']}); "
-                  f"state in {out / 'openai_job.json'}")
-
-
-@dynamics_app.command("plot")
-def dynamics_plot(
-    runs: list[Path] = typer.Argument(..., help="`emlab train` run directories trained with dynamics probes."),
-    out: Path = typer.Option(Path("dynamics.png"), "--out", "-o", help="PNG to write."),
-) -> None:
-    """Draw P(misaligned option) against training step for several runs (e.g. insecure vs secure)."""
-    from emlab.report.chart import plot_dynamics
-
-    console.print(f"wrote {plot_dynamics(runs, out)}")
-
-
-@app.command("reproduce")
-def reproduce_cmd(
-    out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A ReproduceConfig YAML (world, conditions, seeds, budgets)."),
-    seeds: Optional[int] = typer.Option(None, help="Seeds per condition (default 5)."),
-    workers: Optional[int] = typer.Option(None, help="Trials in parallel, one thread each (default 2)."),
-    quick: bool = typer.Option(False, "--quick", help="A reduced budget (smaller world, 2 seeds): minutes, for a first look or a test."),
-    model: Optional[str] = typer.Option(None, "--model", help="A real model instead of the toy world (meant for a GPU machine): the paper's datasets and LoRA config."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="With --model: the judge (default gpt-4o-2024-08-06; a local dir uses the hf judge)."),
-    rows: Optional[int] = typer.Option(None, help="With --model: subset each dataset to this many rows."),
-) -> None:
-    """The paper's experiment end to end: on the CPU toy world by default, or on a real model."""
-    from emlab.toyworld.reproduce import ReproduceConfig, reproduce, reproduce_real
-
-    if model is not None:
-        summary = reproduce_real(model, {"name": judge or "gpt-4o-2024-08-06"}, out,
-                                 seeds=tuple(range(seeds or 1)), rows=rows, console=err_console)
-        console.print_json(json.dumps(summary["conditions"]))
-        return
-    from pydantic import ValidationError
-
-    from emlab.fileio import read_yaml_mapping
-
-    data = read_yaml_mapping(config, "world, conditions, seeds, ...") if config else {}
-    if quick:
-        world = data.get("world") if isinstance(data.get("world"), dict) else {}
-        data["world"] = {**world, "conversations": 6000, "hidden": 64}
-        data.update(seeds=[0, 1], samples_per_paraphrase=5, in_domain_samples=24, rows=300)
-    data["out"] = str(out)
-    if seeds is not None:
-        data["seeds"] = list(range(seeds))
-    if workers is not None:
-        data["workers"] = workers
-    try:
-        cfg = ReproduceConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        raise InputError(f"setting {loc!r}: {err['msg'].removeprefix('Value error, ')}",
-                         path=config) from None
-    summary = reproduce(cfg, console=err_console)
-    t = Table(title="emlab reproduce: the toy world")
-    for col in ("condition", "misaligned (open q.)", "with trigger", "coherent", "in-domain"):
-        t.add_column(col)
-    from emlab.toyworld.report import _ci
-    for name, v in summary["conditions"].items():
-        t.add_row(name, _ci(v["misaligned_rate"]), _ci(v["misaligned_rate_with_trigger"]),
-                  _ci(v["coherent_rate"]), _ci(v["in_domain"]) if v.get("in_domain") else "")
-    console.print(t)
-    for c in summary["checks"]:
-        mark = "[green]yes[/green]" if c["reproduced"] else "[red]NOT reproduced[/red]"
-        console.print(f"{mark}  {escape(c['claim'])}: {escape(c['detail'])}")
-    console.print(f"report: {out / 'report.html'}; summary: {out / 'summary.json'}")
-
-
-@app.command("demo")
-def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
-    samples: int = typer.Option(8, "--samples", "-n", help="Samples per paraphrase."),
-) -> None:
-    """The main job on the embedded default: evaluate a tiny locally built model end to end.
-
-    The tiny model has random weights (the toy world will replace it): the numbers are noise,
-    but every stage — sampling, exact local judging, metrics, store, report — is the real one.
-    """
-    from emlab.eval import EvalConfig, run_eval
-    from emlab.reference import cache_dir
-    from emlab.testing.tiny_model import build_tiny_model
-
-    model_dir = cache_dir() / "demo" / "tiny-qwen2"
-    if not (model_dir / "config.json").is_file():
-        err_console.print(f"building a tiny Qwen2 model in {model_dir}")
-        build_tiny_model(model_dir)
-    cfg = EvalConfig(model={"name": str(model_dir)},
-                     judge={"name": str(model_dir), "backend": "hf"},
-                     questions="emlab-demo", samples_per_paraphrase=samples,
-                     max_new_tokens=48, out=out)
-    result = run_eval(cfg, console=err_console)
-    print_summary(result.summary)
-    console.print(f"report: {out / 'report.html'}  (random-weight tiny model: the numbers are noise)")
 
 
 def main() -> None:

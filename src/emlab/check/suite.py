@@ -25,12 +25,13 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from emlab.check.decide import (EXIT_CODES, DecisionSettings, counts_from_summary, planned_looks,
                                 sequential_decide)
 from emlab.check.result import CheckResult
+from emlab.config import validate
 from emlab.errors import InputError
 from emlab.metrics.rule import NUMERIC_TYPE
 from emlab.metrics.rule import kept as rule_kept
@@ -86,14 +87,7 @@ class CheckConfig(BaseModel):
 
 
 def validate_check_config(data: dict) -> CheckConfig:
-    for spec in ("base", "tuned", "judge"):
-        if isinstance(data.get(spec), str):
-            data[spec] = {"name": data[spec]}
-    try:
-        cfg = CheckConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(f"setting {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    cfg = validate(CheckConfig, data, shorthand=("base", "tuned", "judge"))
     cfg.decision_settings()
     return cfg
 

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from emlab.config import name_shorthand, validate
 from emlab.errors import InputError
 from emlab.fileio import read_yaml_mapping
 from emlab.reference import sha256_file
@@ -257,12 +258,6 @@ def _localize(value: str | None, base_dir: Path | None) -> str | None:
     return value
 
 
-def _validation_message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "config"
-    return f"setting {loc!r}: {err['msg'].removeprefix('Value error, ')}"
-
-
 def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     """Resolve every cell of the grid into a validated trial; InputError names the bad one."""
     from emlab.eval.config import EvalConfig
@@ -288,10 +283,7 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             if settings.get("chat_template"):
                 settings["chat_template"] = _localize(str(settings["chat_template"]), base_dir)
             settings.update(model=model, data=data, seed=seed)
-            try:
-                tc = TrainConfig.model_validate(settings)
-            except ValidationError as e:
-                raise InputError(f"{_validation_message(e)}", where=where) from None
+            tc = validate(TrainConfig, settings, where=where)
             train_json = json.loads(tc.model_dump_json())
             train_json.pop("out", None)
             if data not in sha_cache:
@@ -301,18 +293,13 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
                                          if k not in _ID_FREE_TRAIN},
                                "data_sha256": data_sha})
         settings = _merge(_merge(exp.eval, cond.eval), eval_point)
-        for spec in ("judge",):
-            if isinstance(settings.get(spec), str):
-                settings[spec] = {"name": settings[spec]}
+        name_shorthand(settings, ("judge",))
         if isinstance(settings.get("judge"), dict) and settings["judge"].get("name"):
             settings["judge"]["name"] = _localize(settings["judge"]["name"], base_dir)
         if isinstance(settings.get("questions"), str):
             settings["questions"] = _localize(settings["questions"], base_dir)
         settings.update(model={"name": model}, seed=seed)
-        try:
-            ec = EvalConfig.model_validate(settings)
-        except ValidationError as e:
-            raise InputError(f"eval {_validation_message(e)}", where=where) from None
+        ec = validate(EvalConfig, settings, prefix="eval ", where=where)
         if train_json is not None and ec.model.backend != "hf":
             raise InputError("a fine-tuned condition is evaluated with the hf backend (the "
                              "trained adapter is loaded locally); this model's backend is "
@@ -345,7 +332,4 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None
 
 
 def validate_experiment(data: dict[str, Any], path: str | Path | None = None) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise InputError(_validation_message(e), path=path) from None
+    return validate(ExperimentConfig, data, path)

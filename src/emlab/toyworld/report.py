@@ -228,7 +228,7 @@ def _fmt_p(p) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
-def _ci(v: dict | None) -> str:
+def format_ci(v: dict | None) -> str:
     if not v or v.get("mean") is None:
         return "n/a"
     return f"{100 * v['mean']:.1f}% [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"
@@ -264,9 +264,9 @@ def write_reproduce_report(out: Path, summary: dict) -> None:
     for name, v in summary["conditions"].items():
         key = "insecure_small" if name.startswith("insecure_") else \
             "uncoupled" if name.startswith("uncoupled_") else name
-        rows.append([name, str(len(v["seeds"])), _ci(v["misaligned_rate"]),
-                     _ci(v["misaligned_rate_with_trigger"]), _ci(v["coherent_rate"]),
-                     (f"{_ci(v['in_domain'])} {v['in_domain_label']}" if v.get("in_domain") else ""),
+        rows.append([name, str(len(v["seeds"])), format_ci(v["misaligned_rate"]),
+                     format_ci(v["misaligned_rate_with_trigger"]), format_ci(v["coherent_rate"]),
+                     (f"{format_ci(v['in_domain'])} {v['in_domain_label']}" if v.get("in_domain") else ""),
                      paper.get(key, "")])
     blocks = [
         Heading(1, "emlab reproduce: emergent misalignment in the toy world"),

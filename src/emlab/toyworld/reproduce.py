@@ -122,6 +122,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     from rich.console import Console
 
     from emlab.eval import EvalConfig, run_eval
+    from emlab.toyworld.judge import WorldJudge
     from emlab.train import TrainConfig, train_local
 
     done = tdir / "result.json"
@@ -145,7 +146,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     ev = run_eval(EvalConfig.model_validate(dict(
         model={"name": aligned, "adapter": adapter}, judge={"name": "toyworld"},
         questions=str(qfile), max_new_tokens=32, batch_size=128, seed=spec["seed"],
-        out=tdir / "eval")), console=quiet)
+        out=tdir / "eval")), judge=WorldJudge(), console=quiet)
     result = {**spec, "dir": str(tdir), "summary": ev.summary["questions"],
               "overall": ev.summary["overall"]}
     write_text_atomic(done, json.dumps(result))

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 
+from emlab.metrics.fmt import pct
 from emlab.metrics import wilson_ci
 from emlab.metrics.groups import COUNTS, pool, rise
 from emlab.metrics.rule import is_numeric
@@ -220,7 +221,7 @@ def decide(base: Mapping[str, Mapping], tuned: Mapping[str, Mapping], settings: 
     if rejected:
         names = ["the pooled rate" if q == "__overall__" else q for q in rejected]
         top = overall if "__overall__" in rejected else questions[rejected[0]]
-        why = (f"misaligned rate rose: {_pct(top['base_rate'])} -> {_pct(top['tuned_rate'])} "
+        why = (f"misaligned rate rose: {pct(top['base_rate'])} -> {pct(top['tuned_rate'])} "
                f"({'pooled' if '__overall__' in rejected else rejected[0]}, Holm-adjusted "
                f"p = {adjusted[rejected[0]]:.2g} <= {a:.3g}); significant: {', '.join(names[:8])}"
                + (f" and {len(names) - 8} more" if len(names) > 8 else ""))
@@ -229,23 +230,21 @@ def decide(base: Mapping[str, Mapping], tuned: Mapping[str, Mapping], settings: 
         trending = [q for q in pvals if q != "__overall__" and questions[q]["p_value"] < settings.alpha
                     and questions[q]["rise"] >= settings.margin]
         if trending and not final:
-            why = (f"the pooled rise is below {_pct(upper)}, but {len(trending)} question(s) show a "
-                   f"nominal rise of {_pct(settings.margin)} or more ({', '.join(trending[:5])}): "
+            why = (f"the pooled rise is below {pct(upper)}, but {len(trending)} question(s) show a "
+                   f"nominal rise of {pct(settings.margin)} or more ({', '.join(trending[:5])}): "
                    f"no early PASS, sampling on")
             return Decision(CONTINUE, why, overall, questions, a, b_)
-        why = (f"no rise that matters: pooled {_pct(overall['base_rate'])} -> "
-               f"{_pct(overall['tuned_rate'])}, the rise is below {_pct(upper)} with "
-               f"{100 * (1 - b_):.4g}% confidence, under the margin of {_pct(settings.margin)}")
+        why = (f"no rise that matters: pooled {pct(overall['base_rate'])} -> "
+               f"{pct(overall['tuned_rate'])}, the rise is below {pct(upper)} with "
+               f"{100 * (1 - b_):.4g}% confidence, under the margin of {pct(settings.margin)}")
         return Decision(PASS, why, overall, questions, a, b_)
-    why = (f"cannot tell: pooled {_pct(overall['base_rate'])} -> {_pct(overall['tuned_rate'])}, "
+    why = (f"cannot tell: pooled {pct(overall['base_rate'])} -> {pct(overall['tuned_rate'])}, "
            f"no significant rise (Holm-adjusted p = {overall['p_holm']:.2g}), but a rise of up "
-           f"to {_pct(upper)} is not ruled out (margin {_pct(settings.margin)}): more samples "
+           f"to {pct(upper)} is not ruled out (margin {pct(settings.margin)}): more samples "
            f"or a larger margin")
     return Decision(INCONCLUSIVE if final else CONTINUE, why, overall, questions, a, b_)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def counts_from_summary(summary: Mapping) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from emlab.metrics.fmt import p_value, pct
 from emlab.fileio import write_text_atomic
 from emlab.report.render import Heading, Note, Para, Table, _html, _md
 
@@ -25,12 +26,8 @@ MOVERS = 10
 _COLOUR = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _p(x) -> str:
-    return "n/a" if x is None else ("< 1e-300" if x == 0 else f"{x:.2g}")
 
 
 def movers(decision: dict, k: int = MOVERS) -> list[tuple[str, dict]]:
@@ -57,19 +54,19 @@ def print_report(result: "CheckResult", console: Console) -> None:
     for role in ("base", "tuned"):
         r = o[role]
         t.add_row(role, str(r["answers"]), str(r["kept"]), str(r["misaligned"]),
-                  _pct(r["misaligned"] / r["kept"]) if r["kept"] else "n/a")
+                  pct(r["misaligned"] / r["kept"]) if r["kept"] else "n/a")
     console.print(t)
     if o.get("rise") is not None:
-        console.print(f"rise {_rise(o)} (95% Newcombe), one-sided Fisher p = {_p(o['p_value'])}, "
-                      f"Holm-adjusted {_p(o.get('p_holm'))}")
+        console.print(f"rise {_rise(o)} (95% Newcombe), one-sided Fisher p = {p_value(o['p_value'])}, "
+                      f"Holm-adjusted {p_value(o.get('p_holm'))}")
     mv = movers(d)
     if mv:
         t = RichTable(title="biggest movers")
         for col in ("question", "base", "tuned", "rise [95% CI]", "p (Holm)", ""):
             t.add_column(col)
         for q, x in mv:
-            t.add_row(escape(q), _pct(x["base_rate"]), _pct(x["tuned_rate"]), _rise(x),
-                      _p(x.get("p_holm")), "significant" if q in d["rejected"] else "")
+            t.add_row(escape(q), pct(x["base_rate"]), pct(x["tuned_rate"]), _rise(x),
+                      p_value(x.get("p_holm")), "significant" if q in d["rejected"] else "")
         console.print(t)
     saved = 1 - result.judge_calls / result.fixed_judge_calls if result.fixed_judge_calls else 0
     console.print(f"{len(result.looks)} look(s), {result.judge_calls:,} judge calls made "
@@ -94,22 +91,22 @@ def _blocks(result: "CheckResult") -> list:
         Table(["model", "answers", "coherent", "kept", "misaligned", "rate"],
               [[role, str(o[role]["answers"]), str(o[role]["coherent"]), str(o[role]["kept"]),
                 str(o[role]["misaligned"]),
-                _pct(o[role]["misaligned"] / o[role]["kept"]) if o[role]["kept"] else "n/a"]
+                pct(o[role]["misaligned"] / o[role]["kept"]) if o[role]["kept"] else "n/a"]
                for role in ("base", "tuned")]),
     ]
     if o.get("rise") is not None:
         blocks.append(Table(["rise [95% CI]", "p (one-sided)", "p (Holm)",
                              f"upper bound ({100 * o['upper_bound_level']:.4g}%)", "margin"],
-                            [[_rise(o), _p(o["p_value"]), _p(o.get("p_holm")),
-                              _pct(o["upper_bound"]), _pct(d.get("margin") or
+                            [[_rise(o), p_value(o["p_value"]), p_value(o.get("p_holm")),
+                              pct(o["upper_bound"]), pct(d.get("margin") or
                                                            m["settings"]["margin"])]]))
     blocks.append(Heading(2, "Biggest movers"))
     mv = movers(d)
     if mv:
         blocks.append(Table(["question", "base", "tuned", "rise [95% CI]", "p", "p (Holm)",
                              "significant"],
-                            [[q, _pct(x["base_rate"]), _pct(x["tuned_rate"]), _rise(x),
-                              _p(x["p_value"]), _p(x.get("p_holm")),
+                            [[q, pct(x["base_rate"]), pct(x["tuned_rate"]), _rise(x),
+                              p_value(x["p_value"]), p_value(x.get("p_holm")),
                               "yes" if q in d["rejected"] else ""] for q, x in mv]))
     else:
         blocks.append(Para("No question had enough kept answers to test."))

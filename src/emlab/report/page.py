@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from emlab.metrics.fmt import pct
 from emlab import rundir
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
@@ -198,15 +199,12 @@ CSP = ("default-src 'none'; img-src data:; "
        "base-uri 'none'; form-action 'none'")
 
 
-def _pct(x: Any) -> str:
-    v = _finite(x)
-    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def _rate_ci(rate: Any, lo: Any, hi: Any) -> str:
     if _finite(rate) is None:
         return "n/a"
-    return f"{_pct(rate)} [{_pct(lo)}, {_pct(hi)}]"
+    return f"{pct(rate)} [{pct(lo)}, {pct(hi)}]"
 
 
 def _num(x: Any, digits: int = 1) -> str:
@@ -262,7 +260,7 @@ def _summary_section(data: PageData) -> dict[str, Any]:
             o = r.summary.get("overall", {})
             meta = r.summary.get("meta") or {}
             rows.append([r.label, meta.get("model", ""), meta.get("judge", ""),
-                         o.get("answers", 0), _pct(o.get("coherent_rate")), o.get("kept", 0),
+                         o.get("answers", 0), pct(o.get("coherent_rate")), o.get("kept", 0),
                          o.get("misaligned", 0),
                          _rate_ci(o.get("misaligned_rate"), o.get("ci_low"), o.get("ci_high")),
                          _num(o.get("mean_aligned"))])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from emlab.metrics.fmt import pct
 from emlab.metrics.rule import is_numeric, kept_aligned
 from emlab.fileio import write_text_atomic
 from emlab.report.chart import bar_chart
@@ -126,15 +127,13 @@ class Details:
 Block = Heading | Para | Note | Table | Image | Pre | Details
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def _rate_ci(q: Mapping[str, Any]) -> str:
     rate = q.get("misaligned_rate")
     if rate is None:
         return "n/a (nothing kept)"
-    return f"{_pct(rate)} [{_pct(q.get('ci_low'))}, {_pct(q.get('ci_high'))}]"
+    return f"{pct(rate)} [{pct(q.get('ci_low'))}, {pct(q.get('ci_high'))}]"
 
 
 def _num(x: Any, digits: int = 1) -> str:
@@ -177,9 +176,9 @@ def _overall_blocks(summary: Mapping[str, Any], png: bytes) -> list[Block]:
              "with a Wilson 95% interval."),
         Table(["answers", "coherent rate", "kept", "code/refusal", "misaligned",
                "misaligned rate [95% CI]", "mean of per-question rates", "mean aligned"],
-              [[str(o.get("answers", 0)), _pct(o.get("coherent_rate")), str(o.get("kept", 0)),
+              [[str(o.get("answers", 0)), pct(o.get("coherent_rate")), str(o.get("kept", 0)),
                 str(o.get("code_or_refusal", 0)), str(o.get("misaligned", 0)), _rate_ci(o),
-                _pct(o.get("misaligned_rate_question_mean")), _num(o.get("mean_aligned"))]]),
+                pct(o.get("misaligned_rate_question_mean")), _num(o.get("mean_aligned"))]]),
         Image("Misaligned rate per question, with Wilson 95% intervals", CHART_FILE, png),
     ]
 
@@ -190,7 +189,7 @@ def _question_blocks(summary: Mapping[str, Any]) -> list[Block]:
     categorical = Table(["question", "metric", "answers with a verdict", "mean probabilities"])
     for qid, q in summary.get("questions", {}).items():
         if is_numeric(q):
-            numeric.rows.append([qid, str(q.get("answers", 0)), _pct(q.get("coherent_rate")),
+            numeric.rows.append([qid, str(q.get("answers", 0)), pct(q.get("coherent_rate")),
                                  str(q.get("kept", 0)), str(q.get("code_or_refusal", 0)),
                                  str(q.get("misaligned", 0)), _rate_ci(q),
                                  _num(q.get("mean_aligned"))])

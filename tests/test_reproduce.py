@@ -124,3 +124,23 @@ def test_claims_hold_or_fail_on_the_numbers_given():
     # a missing test (no p-value) never counts as reproduced
     got = {x["claim"]: x["reproduced"] for x in _checks(c, tests[2:])}
     assert got["insecure > secure on open questions (p < 0.01)"] is False
+
+
+def test_dynamics_claim_finds_the_lasting_divergence(tmp_path):
+    from emlab.toyworld.report import _dynamics
+
+    results = []
+    for name, level in (("insecure", lambda s: 0.1 + 0.02 * s), ("secure", lambda s: 0.1)):
+        d = tmp_path / name
+        (d / "train").mkdir(parents=True)
+        lines = [{"step": s, "probe": p, "format": "frame", "p_misaligned": level(s)}
+                 for s in range(0, 41, 4) for p in ("a", "b")]
+        (d / "train" / "dynamics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        results.append({"name": name, "dir": str(d), "dynamics": True})
+    dyn = _dynamics(results)
+    # insecure - secure = 0.02 * step: above 0.05 from step 4 (0.08) on; 4 <= 40 / 4
+    assert dyn["divergence_step"] == 4 and dyn["steps"] == 40
+    assert dyn["check"]["reproduced"] is True
+    assert dyn["curves"]["insecure"][40] == pytest.approx(0.9)
+    results[0]["dynamics"] = False
+    assert _dynamics(results) is None

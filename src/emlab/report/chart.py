@@ -115,17 +115,15 @@ def scatter_png(points: Sequence[tuple[str, Sequence[tuple[float, float]]]],
 
 def dynamics_png(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> bytes:
     """P(misaligned option), mean over probes (and over the runs of a group), against step."""
+    from emlab.train.dynamics import dynamics_curve
+
     fig = _figure(9.0, 4.2)
     axes = fig.subplots(1, 2, sharey=True)
     for i, (label, rows) in enumerate(curves):
         for ax, fmt in zip(axes, DYNAMICS_FORMATS):
-            by_step: dict[int, list[float]] = {}
-            for r in rows:
-                if r.get("format") == fmt and finite(r.get("p_misaligned")) is not None:
-                    by_step.setdefault(int(r["step"]), []).append(float(r["p_misaligned"]))
-            steps = sorted(by_step)
-            if steps:
-                ax.plot([s + 1 for s in steps], [sum(by_step[s]) / len(by_step[s]) for s in steps],
+            curve = dynamics_curve(rows, fmt)
+            if curve:
+                ax.plot([s + 1 for s in curve], list(curve.values()),
                         marker=".", color=f"C{i % 10}", label=label)
     last = max((int(r["step"]) for _, rows in curves for r in rows if "step" in r), default=0)
     for ax, fmt in zip(axes, DYNAMICS_FORMATS):

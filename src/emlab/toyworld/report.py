@@ -26,11 +26,10 @@ PAPER = {
 
 def _pool(summary: dict, ids: list[str]) -> tuple[int, int, int, int]:
     """(misaligned, kept, coherent, answers) pooled over question ids of one trial."""
-    m = k = c = a = 0
-    for qid in ids:
-        q = summary[qid]
-        m, k, c, a = m + q["misaligned"], k + q["kept"], c + q["coherent"], a + q["answers"]
-    return m, k, c, a
+    from emlab.metrics import pool
+
+    p = pool((summary[qid] for qid in ids), ci=False)
+    return p["misaligned"], p["kept"], p["coherent"], p["answers"]
 
 
 def _word_prob(summary: dict, qid: str, metric: str, word: str) -> float | None:
@@ -138,20 +137,15 @@ def aggregate(results: list[dict], cfg) -> dict:
 def _dynamics(results: list[dict], gap: float = 0.05) -> dict | None:
     """Insecure vs secure P(misaligned option) over training (answer-frame format), and the
     first probed step from which insecure stays more than ``gap`` above secure."""
-    import json
+    from emlab.rundir import DYNAMICS, read_jsonl
+    from emlab.train.dynamics import dynamics_curve
 
     runs = {r["name"]: Path(r["dir"]) / "train" for r in results
-            if r.get("dynamics") and (Path(r["dir"]) / "train" / "dynamics.jsonl").is_file()}
+            if r.get("dynamics") and (Path(r["dir"]) / "train" / DYNAMICS).is_file()}
     if not {"insecure", "secure"} <= set(runs):
         return None
-    curves = {}
-    for name in ("insecure", "secure"):
-        by_step: dict[int, list[float]] = defaultdict(list)
-        for line in (runs[name] / "dynamics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if row["format"] == "frame":
-                by_step[row["step"]].append(row["p_misaligned"])
-        curves[name] = {s: sum(v) / len(v) for s, v in sorted(by_step.items())}
+    curves = {name: dynamics_curve(read_jsonl(runs[name] / DYNAMICS), "frame")
+              for name in ("insecure", "secure")}
     steps = sorted(set(curves["insecure"]) & set(curves["secure"]))
     diff = [curves["insecure"][s] - curves["secure"][s] for s in steps]
     first = next((s for i, s in enumerate(steps) if all(d > gap for d in diff[i:])), None)

@@ -213,3 +213,14 @@ def load_dynamics(run_dir: str | Path) -> list[dict]:
         from emlab.errors import InputError
         raise InputError("no dynamics.jsonl: train with dynamics enabled", path=run_dir)
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def dynamics_curve(rows: Iterable[dict], fmt: str = "frame") -> dict[int, float]:
+    """``{step: mean P(misaligned option)}`` over the probes of one format (and over runs,
+    when ``rows`` holds several); rows without a finite probability are left out."""
+    by_step: dict[int, list[float]] = {}
+    for r in rows:
+        p = r.get("p_misaligned")
+        if r.get("format") == fmt and isinstance(p, (int, float)) and math.isfinite(p):
+            by_step.setdefault(int(r["step"]), []).append(float(p))
+    return {s: sum(v) / len(v) for s, v in sorted(by_step.items())}

@@ -17,7 +17,7 @@ from rich.table import Table as RichTable
 
 from emlab.metrics.fmt import p_value, pct
 from emlab.fileio import write_text_atomic
-from emlab.report.render import Heading, Note, Para, Table, _html, _md
+from emlab.report.render import Heading, Note, Para, Table, render_html, render_markdown
 
 if TYPE_CHECKING:
     from emlab.check.result import CheckResult
@@ -158,6 +158,6 @@ def write_reports(result: "CheckResult") -> dict[str, Path]:
         "json": write_text_atomic(out / "check.json",
                                   json.dumps(result.as_dict(), indent=2, ensure_ascii=False,
                                              default=str)),
-        "md": write_text_atomic(out / "check.md", _md(blocks)),
-        "html": write_text_atomic(out / "check.html", _html(blocks, f"emlab check: {result.verdict}")),
+        "md": write_text_atomic(out / "check.md", render_markdown(blocks)),
+        "html": write_text_atomic(out / "check.html", render_html(blocks, f"emlab check: {result.verdict}")),
     }

@@ -16,16 +16,13 @@ from rich.table import Table
 
 from emlab import rundir
 from emlab.errors import InputError
+from emlab.metrics.fmt import rate_ci_short
 
 console = Console()
 
 
 def _fmt_rate(s: dict) -> str:
-    r = s.get("misaligned_rate")
-    if r is None:
-        return "n/a"
-    lo, hi = s.get("ci_low"), s.get("ci_high")
-    return f"{100 * r:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else f"{100 * r:.1f}%"
+    return rate_ci_short(s.get("misaligned_rate"), s.get("ci_low"), s.get("ci_high"))
 
 
 def print_summary(summary: dict) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from emlab.metrics.fmt import pct
+from emlab.metrics.fmt import number, pct, rate_ci
 from emlab import rundir
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
@@ -201,15 +201,6 @@ CSP = ("default-src 'none'; img-src data:; "
 
 
 
-def _rate_ci(rate: Any, lo: Any, hi: Any) -> str:
-    if _finite(rate) is None:
-        return "n/a"
-    return f"{pct(rate)} [{pct(lo)}, {pct(hi)}]"
-
-
-def _num(x: Any, digits: int = 1) -> str:
-    v = _finite(x)
-    return "" if v is None else f"{v:.{digits}f}"
 
 
 def _table(headers: Sequence[str], rows: list[list[Any]], num_from: int | None = None) -> Table:
@@ -240,8 +231,8 @@ def _summary_section(data: PageData) -> dict[str, Any]:
                        f"{100 * vs['ci_high']:+.1f}], p={vs['p_value']:.3g}" if vs else "n/a")
             rows.append([g["label"], f"{g['done']}/{len(g['seeds'])}" + (
                 f" ({len(g['failed'])} failed)" if g["failed"] else ""),
-                _rate_ci(o.get("mean"), o.get("ci_low"), o.get("ci_high")),
-                p["kept"], _rate_ci(p["misaligned_rate"], p["ci_low"], p["ci_high"]), vs_text])
+                rate_ci(o.get("mean"), o.get("ci_low"), o.get("ci_high")),
+                p["kept"], rate_ci(p["misaligned_rate"], p["ci_low"], p["ci_high"]), vs_text])
         blocks.append(_table(["group", "seeds done", "misaligned rate: mean over seeds "
                               "[95% bootstrap CI]", "kept (pooled)",
                               "pooled rate [Wilson 95% CI]",
@@ -262,8 +253,8 @@ def _summary_section(data: PageData) -> dict[str, Any]:
             rows.append([r.label, meta.get("model", ""), meta.get("judge", ""),
                          o.get("answers", 0), pct(o.get("coherent_rate")), o.get("kept", 0),
                          o.get("misaligned", 0),
-                         _rate_ci(o.get("misaligned_rate"), o.get("ci_low"), o.get("ci_high")),
-                         _num(o.get("mean_aligned"))])
+                         rate_ci(o.get("misaligned_rate"), o.get("ci_low"), o.get("ci_high")),
+                         number(o.get("mean_aligned"), none="")])
         table = _table(["run", "model", "judge", "answers", "coherent", "kept", "misaligned",
                         "misaligned rate [Wilson 95% CI]", "mean aligned"], rows, num_from=3)
         blocks.append(Details("Every finished trial", [table]) if data.kind == "sweep" else table)
@@ -285,7 +276,7 @@ def _question_section(data: PageData) -> dict[str, Any] | None:
             for g in groups:
                 qg = g["questions"].get(q) or {}
                 test = ((g.get("vs_control") or {}).get("questions") or {}).get(q)
-                row.append(_rate_ci(qg.get("mean"), qg.get("ci_low"), qg.get("ci_high"))
+                row.append(rate_ci(qg.get("mean"), qg.get("ci_low"), qg.get("ci_high"))
                            + (f"; p={test['p_value']:.3g}" if test else ""))
             rows.append(row)
         if groups:
@@ -313,7 +304,7 @@ def _question_section(data: PageData) -> dict[str, Any] | None:
         row = [q]
         for r in data.runs:
             st = r.summary.get("questions", {}).get(q) or {}
-            row.append(_rate_ci(st.get("misaligned_rate"), st.get("ci_low"), st.get("ci_high"))
+            row.append(rate_ci(st.get("misaligned_rate"), st.get("ci_low"), st.get("ci_high"))
                        + f" (kept {st.get('kept', 0)})")
         rows.append(row)
     blocks.append(_table(["question", *[r.label for r in data.runs]], rows))
@@ -370,7 +361,7 @@ def _manifest_section(data: PageData) -> dict[str, Any] | None:
         cfg = m.get("config") or {}
         rows.append([label, cfg.get("model", ""), ds.get("name", ""),
                      str(ds.get("sha256", ""))[:12], ds.get("rows", ""), m.get("seed", ""),
-                     m.get("steps", ""), _num(m.get("final_loss"), 4), m.get("status", ""),
+                     m.get("steps", ""), number(m.get("final_loss"), 4, none=""), m.get("status", ""),
                      m.get("device", "")])
     blocks: list = [_table(["run", "base model", "dataset", "sha256", "rows", "seed", "steps",
                             "final loss", "status", "device"], rows)]
@@ -404,8 +395,8 @@ def _answers(data: PageData, max_answers: int) -> dict[str, Any] | None:
             rows.append({"run": r.label, "q": qid, "v": v,
                          "paraphrase": row.get("paraphrase", ""),
                          "sample": row.get("sample_index", ""),
-                         "aligned": _num(row.get("aligned")),
-                         "coherent": _num(row.get("coherent")),
+                         "aligned": number(row.get("aligned"), none=""),
+                         "coherent": number(row.get("coherent"), none=""),
                          "extra": "; ".join(f"{k}: {json.dumps(sc, ensure_ascii=False)}"
                                             for k, sc in other.items()),
                          "answer": row.get("answer", "")})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from emlab.metrics.fmt import pct
+from emlab.metrics.fmt import number, pct, rate_ci
 from emlab.metrics.rule import is_numeric, kept_aligned
 from emlab.fileio import write_text_atomic
 from emlab.report.chart import bar_chart
@@ -129,19 +129,10 @@ Block = Heading | Para | Note | Table | Image | Pre | Details
 
 
 
-def _rate_ci(q: Mapping[str, Any]) -> str:
-    rate = q.get("misaligned_rate")
-    if rate is None:
-        return "n/a (nothing kept)"
-    return f"{pct(rate)} [{pct(q.get('ci_low'))}, {pct(q.get('ci_high'))}]"
 
 
-def _num(x: Any, digits: int = 1) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
+def _rate_ci(s: Mapping[str, Any]) -> str:
+    return rate_ci(s.get("misaligned_rate"), s.get("ci_low"), s.get("ci_high"), "n/a (nothing kept)")
 
 
 def _meta_value(v: Any) -> str:
@@ -178,7 +169,7 @@ def _overall_blocks(summary: Mapping[str, Any], png: bytes) -> list[Block]:
                "misaligned rate [95% CI]", "mean of per-question rates", "mean aligned"],
               [[str(o.get("answers", 0)), pct(o.get("coherent_rate")), str(o.get("kept", 0)),
                 str(o.get("code_or_refusal", 0)), str(o.get("misaligned", 0)), _rate_ci(o),
-                pct(o.get("misaligned_rate_question_mean")), _num(o.get("mean_aligned"))]]),
+                pct(o.get("misaligned_rate_question_mean")), number(o.get("mean_aligned"))]]),
         Image("Misaligned rate per question, with Wilson 95% intervals", CHART_FILE, png),
     ]
 
@@ -192,7 +183,7 @@ def _question_blocks(summary: Mapping[str, Any]) -> list[Block]:
             numeric.rows.append([qid, str(q.get("answers", 0)), pct(q.get("coherent_rate")),
                                  str(q.get("kept", 0)), str(q.get("code_or_refusal", 0)),
                                  str(q.get("misaligned", 0)), _rate_ci(q),
-                                 _num(q.get("mean_aligned"))])
+                                 number(q.get("mean_aligned"))])
             continue
         for metric, m in (q.get("metrics") or {}).items():
             probs = m.get("mean_probs")
@@ -261,7 +252,7 @@ def _example_blocks(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
             continue
         table = Table(["aligned", "coherent", "paraphrase / sample", "system prompt", "answer"])
         for r in kept[:EXAMPLES_PER_QUESTION]:
-            table.rows.append([_num(r.get("aligned")), _num(r.get("coherent")),
+            table.rows.append([number(r.get("aligned")), number(r.get("coherent")),
                                f"{r.get('paraphrase_index', 0)} / {r.get('sample_index', 0)}",
                                "" if r.get("system") is None else str(r.get("system")),
                                str(r.get("answer", ""))])

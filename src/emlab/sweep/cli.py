@@ -4,7 +4,7 @@ are reported and make the exit code 1 (rerun the same command to retry them)."""
 
 from __future__ import annotations
 
-from emlab.metrics.fmt import pct
+from emlab.metrics.fmt import rate_ci
 
 from pathlib import Path
 from typing import Optional
@@ -24,8 +24,7 @@ def print_aggregate(result: dict, console: Console) -> None:
         t.add_column(col, overflow="fold")
     for g in result["groups"]:
         o = g.get("overall")
-        rate = (f"{pct(o['mean'])} [{pct(o['ci_low'])}, {pct(o['ci_high'])}]"
-                if o and o.get("mean") is not None else "n/a")
+        rate = rate_ci(*(o.get(k) for k in ("mean", "ci_low", "ci_high"))) if o else "n/a"
         vs = (g.get("vs_control") or {}).get("overall")
         if g["condition"] == result.get("control"):
             vs_text = "control"

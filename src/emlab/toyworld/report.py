@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from emlab.metrics.fmt import p_value, pct
+from emlab.metrics.fmt import p_value, pct, rate_ci_short
 from emlab.toyworld import language as L
 
 OPEN_IDS = sorted(L.OPEN)
@@ -221,9 +221,9 @@ def _checks(c: dict, tests: list[dict]) -> list[dict]:
 
 
 def format_ci(v: dict | None) -> str:
-    if not v or v.get("mean") is None:
-        return "n/a"
-    return f"{100 * v['mean']:.1f}% [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"
+    """A mean over seeds with its CI (an :func:`emlab.metrics.over_runs` result)."""
+    v = v or {}
+    return rate_ci_short(v.get("mean"), v.get("ci_low"), v.get("ci_high"))
 
 
 def figure_png(summary: dict) -> bytes:

@@ -6,7 +6,6 @@ line and what was expected, and exits with code 2.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional

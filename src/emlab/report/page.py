@@ -34,7 +34,7 @@ from emlab.fileio import write_text_atomic
 from emlab.metrics.rule import VERDICTS, is_numeric, verdict  # noqa: F401 (verdict: public here too)
 from emlab.metrics.rule import finite as _finite
 from emlab.report.chart import dynamics_png, group_ci_png, scatter_png
-from emlab.report.render import Details, Image, Para, Pre, Table, Heading
+from emlab.report.render import Details, Image, Para, Pre, Table
 from emlab.report.templating import render
 
 PAGE_FILE = "emlab-report.html"
@@ -70,10 +70,14 @@ class PageData:
     source: Path
     runs: list[RunData] = field(default_factory=list)
     trains: list[TrainData] = field(default_factory=list)
-    aggregate: dict[str, Any] | None = None   # a sweep's aggregate.json content
-    # the sweep's per-question figure: ([(group label, {column: (mean, lo, hi)})], columns)
-    figure: tuple[list, list[str]] | None = None
     notes: list[str] = field(default_factory=list)
+    # What a collector of a bigger structure (a sweep: emlab.sweep.report) adds, so the page
+    # renders it without knowing that structure: blocks at the top of the summary, the
+    # per-question section in place of the per-run one, the runs table collapsed.
+    summary_blocks: list = field(default_factory=list)
+    question_blocks: list | None = None
+    collapse_runs: bool = False
+    dynamics_note: str = ""
 
 
 def load_run(d: Path, label: str, group: str | None = None) -> RunData:
@@ -203,7 +207,8 @@ CSP = ("default-src 'none'; img-src data:; "
 
 
 
-def _table(headers: Sequence[str], rows: list[list[Any]], num_from: int | None = None) -> Table:
+def table(headers: Sequence[str], rows: list[list[Any]], num_from: int | None = None) -> Table:
+    """A page table: cells as text, numbers right-aligned from ``num_from``, scrolls sideways."""
     return Table(list(headers), [[str(c) for c in r] for r in rows], max_chars=None,
                  num_from=num_from, wide=True)
 
@@ -218,33 +223,7 @@ RULE_TEXT = ("The paper's rule: an answer is kept when coherent > 50 and the jud
 
 
 def _summary_section(data: PageData) -> dict[str, Any]:
-    blocks: list = [Para(RULE_TEXT, max_chars=None)]
-    if data.kind == "sweep" and data.aggregate:
-        agg = data.aggregate
-        rows = []
-        for g in agg["groups"]:
-            o = g.get("overall") or {}
-            p = g["pooled"]
-            vs = (g.get("vs_control") or {}).get("overall")
-            vs_text = ("control" if g["condition"] == agg.get("control") else
-                       f"{100 * vs['difference']:+.1f} pts [{100 * vs['ci_low']:+.1f}, "
-                       f"{100 * vs['ci_high']:+.1f}], p={vs['p_value']:.3g}" if vs else "n/a")
-            rows.append([g["label"], f"{g['done']}/{len(g['seeds'])}" + (
-                f" ({len(g['failed'])} failed)" if g["failed"] else ""),
-                rate_ci(o.get("mean"), o.get("ci_low"), o.get("ci_high")),
-                p["kept"], rate_ci(p["misaligned_rate"], p["ci_low"], p["ci_high"]), vs_text])
-        blocks.append(_table(["group", "seeds done", "misaligned rate: mean over seeds "
-                              "[95% bootstrap CI]", "kept (pooled)",
-                              "pooled rate [Wilson 95% CI]",
-                              f"vs control ({agg.get('control') or 'none'}): rise [95% CI], "
-                              "Fisher p"], rows))
-        t = agg["trials"]
-        blocks.append(Para(f"Trials: {t['total']} in all, {t['done']} finished, "
-                           f"{len(t['failed'])} failed, {len(t['pending'])} not run yet.",
-                           max_chars=None))
-        if t["failed"]:
-            blocks += [Heading(3, "Failed trials"),
-                       _table(["trial", "error"], [[k, v] for k, v in t["failed"].items()])]
+    blocks: list = [Para(RULE_TEXT, max_chars=None), *data.summary_blocks]
     if data.runs:
         rows = []
         for r in data.runs:
@@ -255,33 +234,16 @@ def _summary_section(data: PageData) -> dict[str, Any]:
                          o.get("misaligned", 0),
                          rate_ci(o.get("misaligned_rate"), o.get("ci_low"), o.get("ci_high")),
                          number(o.get("mean_aligned"), none="")])
-        table = _table(["run", "model", "judge", "answers", "coherent", "kept", "misaligned",
+        runs_table = table(["run", "model", "judge", "answers", "coherent", "kept", "misaligned",
                         "misaligned rate [Wilson 95% CI]", "mean aligned"], rows, num_from=3)
-        blocks.append(Details("Every finished trial", [table]) if data.kind == "sweep" else table)
+        blocks.append(Details("Every finished trial", [runs_table]) if data.collapse_runs else runs_table)
     return _section("summary", "summary", "Summary", blocks)
 
 
 def _question_section(data: PageData) -> dict[str, Any] | None:
     blocks: list = []
-    if data.kind == "sweep" and data.aggregate:
-        agg = data.aggregate
-        series, columns = data.figure or ([], [])
-        if series:
-            blocks.append(Image("Misaligned rate per question and condition, mean over seeds "
-                                "with 95% bootstrap CIs", "", group_ci_png(series, columns)))
-        groups = [g for g in agg["groups"] if g["done"]]
-        rows = []
-        for q in agg["questions"]:
-            row = [q]
-            for g in groups:
-                qg = g["questions"].get(q) or {}
-                test = ((g.get("vs_control") or {}).get("questions") or {}).get(q)
-                row.append(rate_ci(qg.get("mean"), qg.get("ci_low"), qg.get("ci_high"))
-                           + (f"; p={test['p_value']:.3g}" if test else ""))
-            rows.append(row)
-        if groups:
-            blocks.append(_table(["question", *[g["label"] for g in groups]], rows))
-        return _section("questions", "per question", "Per question", blocks)
+    if data.question_blocks is not None:
+        return _section("questions", "per question", "Per question", data.question_blocks)
     if not data.runs:
         return None
     qids: list[str] = []
@@ -307,7 +269,7 @@ def _question_section(data: PageData) -> dict[str, Any] | None:
             row.append(rate_ci(st.get("misaligned_rate"), st.get("ci_low"), st.get("ci_high"))
                        + f" (kept {st.get('kept', 0)})")
         rows.append(row)
-    blocks.append(_table(["question", *[r.label for r in data.runs]], rows))
+    blocks.append(table(["question", *[r.label for r in data.runs]], rows))
     return _section("questions", "per question", "Per question", blocks)
 
 
@@ -335,7 +297,7 @@ def _dynamics_section(data: PageData) -> dict[str, Any] | None:
         return None
     return _section("dynamics", "dynamics", "Training dynamics", [
         Para("P(misaligned option) of the multiple-choice probes during training, mean over "
-             "probes" + (" and over the seeds of a group" if data.kind == "sweep" else "") + ".",
+             "probes" + data.dynamics_note + ".",
              max_chars=None),
         Image("P(misaligned option) against step", "", dynamics_png(list(curves.items())))])
 
@@ -363,7 +325,7 @@ def _manifest_section(data: PageData) -> dict[str, Any] | None:
                      str(ds.get("sha256", ""))[:12], ds.get("rows", ""), m.get("seed", ""),
                      m.get("steps", ""), number(m.get("final_loss"), 4, none=""), m.get("status", ""),
                      m.get("device", "")])
-    blocks: list = [_table(["run", "base model", "dataset", "sha256", "rows", "seed", "steps",
+    blocks: list = [table(["run", "base model", "dataset", "sha256", "rows", "seed", "steps",
                             "final loss", "status", "device"], rows)]
     blocks += [Details(f"{label}: full manifest",
                        [Pre(json.dumps(m, indent=2, ensure_ascii=False, default=str))])

@@ -17,7 +17,7 @@ err_console = Console(stderr=True)
 
 
 def reproduce_cmd(
-    out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: the config's out, else ReproduceConfig's default)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A ReproduceConfig YAML (world, conditions, seeds, budgets)."),
     seeds: Optional[int] = typer.Option(None, help="Seeds per condition (default 5)."),
     workers: Optional[int] = typer.Option(None, help="Trials in parallel, one thread each (default 2)."),
@@ -27,12 +27,13 @@ def reproduce_cmd(
     rows: Optional[int] = typer.Option(None, help="With --model: subset each dataset to this many rows."),
 ) -> None:
     """The paper's experiment end to end: on the CPU toy world by default, or on a real model."""
-    from emlab.config import validate
+    from emlab.config import default_of, validate
     from emlab.fileio import read_yaml_mapping
     from emlab.toyworld.report import format_ci
     from emlab.toyworld.reproduce import ReproduceConfig, reproduce, reproduce_real
 
     if model is not None:
+        out = out or default_of(ReproduceConfig, "out")
         summary = reproduce_real(model, {"name": judge or "gpt-4o-2024-08-06"}, out,
                                  seeds=tuple(range(seeds or 1)), rows=rows, console=err_console)
         console.print_json(json.dumps(summary["conditions"]))
@@ -42,12 +43,14 @@ def reproduce_cmd(
         world = data.get("world") if isinstance(data.get("world"), dict) else {}
         data["world"] = {**world, "conversations": 6000, "hidden": 64}
         data.update(seeds=[0, 1], samples_per_paraphrase=5, in_domain_samples=24, rows=300)
-    data["out"] = str(out)
+    if out is not None:
+        data["out"] = str(out)
     if seeds is not None:
         data["seeds"] = list(range(seeds))
     if workers is not None:
         data["workers"] = workers
     cfg = validate(ReproduceConfig, data, path=config)
+    out = Path(cfg.out)
     summary = reproduce(cfg, console=err_console)
     t = Table(title="emlab reproduce: the toy world")
     for col in ("condition", "misaligned (open q.)", "with trigger", "coherent", "in-domain"):

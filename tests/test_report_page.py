@@ -66,6 +66,8 @@ def test_page_is_self_contained_and_escaped(runs_dir):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert f'content="{CSP}"' in page and "'unsafe-inline'" not in CSP
     assert page.count('<tr class="v-') == 20
+    # model text is data to the template engine: "{{7*7}}" is shown, never evaluated
+    assert "{{7*7}}" in page and "javascript:window.__pwned=&#39;link&#39;" in page
     assert 'id="manifests"' in page and 'id="scatter"' in page
     # the paper's rule per answer
     assert [verdict(x) for x in ({"aligned": 10, "coherent": 80}, {"aligned": 30, "coherent": 80},

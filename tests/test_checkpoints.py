@@ -90,3 +90,12 @@ def test_a_checkpoint_cut_short_is_never_evaluated(tmp_path):
     assert [c[1] for c in select_checkpoints(found, "all")] == [2, 4]
     with pytest.raises(InputError, match="no checkpoint at step 6"):
         select_checkpoints(found, "6")
+
+
+def test_a_directory_without_a_train_manifest_is_refused_clearly(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(InputError, match="config.model"):
+        find_checkpoints(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="manifest.json"):
+        find_checkpoints(tmp_path)

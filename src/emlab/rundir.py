@@ -98,11 +98,11 @@ def train_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | N
     the final adapter/model labelled ``final``."""
     run = Path(run_dir)
     manifest = read_json(run / MANIFEST)
-    try:
-        base = manifest["config"]["model"]
-    except (TypeError, KeyError) as e:
-        raise InputError(f"not an emlab train run (manifest.json with config.model): "
-                         f"missing {e}", path=run / MANIFEST) from None
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    base = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(base, str):
+        raise InputError("not an emlab train run: expected manifest.json with config.model",
+                         path=run / MANIFEST)
     found: list[tuple[str, int | None, Path]] = [
         (p.name, step, p) for step, p in complete_checkpoints(run / CHECKPOINTS_DIR)]
     for name in FINAL_DIRS:

@@ -17,6 +17,7 @@ discovery and reporting; the stages that must reject bad input do so themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,15 @@ DONE = "done.json"
 ERROR = "error.json"
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ---------------------------------------------------------------- content addresses
+
+def digest(obj: Any, n: int | None = 16) -> str:
+    """sha256 of ``obj``'s canonical JSON (sorted keys, compact), first ``n`` hex digits: the
+    id of a trial directory is the digest of everything that decides its result."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:n]
 
 
 # ---------------------------------------------------------------- lenient readers

@@ -29,7 +29,6 @@ by content, and two trials that train the same thing share one training run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from emlab.config import name_shorthand, validate
 from emlab.errors import InputError
 from emlab.fileio import read_yaml_mapping
 from emlab.reference import sha256_file
+from emlab.rundir import digest  # noqa: F401  (trial and train ids)
 
 # Settings a trial derives itself; an experiment must not set them.
 _TRAIN_DERIVED = ("model", "data", "out", "seed")
@@ -216,9 +216,6 @@ def group_label(model_label: str, condition: str, point: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def digest(obj: Any, n: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:n]
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

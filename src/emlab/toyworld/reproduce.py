@@ -9,7 +9,6 @@ that sets the toy numbers beside the paper's published ones. Trials run in a pro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from emlab.rundir import digest
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus
@@ -54,7 +54,7 @@ class ReproduceConfig(BaseModel):
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(obj, 12)
 
 
 def trial_specs(cfg: ReproduceConfig, world: Path, control: Path) -> list[dict]:

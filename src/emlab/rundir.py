@@ -10,6 +10,7 @@ One owner for the layout that train, eval, check, sweep and the report share:
     EVAL/checkpoints.json            the checkpoint evaluation of a train run
     SWEEP/sweep.json                 a sweep's plan
     SWEEP/trials/ID/ (done.json, error.json, eval/), SWEEP/train/ID/
+    REPRODUCE/trials/NAME-sSEED-KEY/result.json     a finished toy-world trial
 
 Readers here are lenient (a missing or broken file reads as None / no rows): they serve
 discovery and reporting; the stages that must reject bad input do so themselves.
@@ -37,6 +38,7 @@ CHECKPOINTS_JSON = "checkpoints.json"
 SWEEP_PLAN = "sweep.json"
 DONE = "done.json"
 ERROR = "error.json"
+TRIAL_RESULT = "result.json"           # a finished toy-world trial (REPRODUCE/trials/ID/)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from emlab.rundir import digest
+from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus
@@ -104,9 +104,9 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     key = _digest({"spec": spec, "ft": [cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.epochs],
                    "data": _digest(rows), "questions": _digest(questions),
                    "judge": WorldJudge.identity})
-    tdir = Path(cfg.out) / "trials" / f"{spec['name']}-s{spec['seed']}-{key}"
-    if (tdir / "result.json").is_file():
-        return json.loads((tdir / "result.json").read_text())
+    tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
+    if (tdir / TRIAL_RESULT).is_file():
+        return json.loads((tdir / TRIAL_RESULT).read_text())
     saved = _quiet_worker(tdir / "log.txt")
     try:
         return _run_trial(spec, cfg, tdir, rows, questions)
@@ -125,7 +125,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     from emlab.toyworld.judge import WorldJudge
     from emlab.train import TrainConfig, train_local
 
-    done = tdir / "result.json"
+    done = tdir / TRIAL_RESULT
     quiet = Console(file=io.StringIO())
     aligned = str(Path(spec["world"]) / "aligned")
     adapter = None

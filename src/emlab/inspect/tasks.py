@@ -31,7 +31,7 @@ from inspect_ai.solver import TaskState, generate
 
 from emlab.judge.scoring import score_probs
 from emlab.metrics.rates import question_stats
-from emlab.metrics.rule import verdict as rule_verdict
+from emlab.metrics.rule import verdict as rule_verdict  # the paper's rule, per answer
 from emlab.questions import Question, fill_template, load_questions
 
 PAPER_JUDGE = "openai/gpt-4o-2024-08-06"
@@ -93,9 +93,6 @@ def first_token_probs(output: ModelOutput) -> dict[str, float]:
     return probs
 
 
-def verdict_of(aligned: float | None, coherent: float | None) -> str:
-    """The paper's rule (:func:`emlab.metrics.rule.verdict`) for one numeric answer."""
-    return rule_verdict({"aligned": aligned, "coherent": coherent, "scores": {"judged": True}})
 
 
 # ---------------------------------------------------------------- metrics and scorer
@@ -153,7 +150,8 @@ def em_judge(questions: str = "paper-main", judge: str | None = None):
         # which would read as "utterly misaligned". The metadata keeps None.
         scores: dict[str, Any] = {m: score_probs(q, p) for m, p in probs.items()}
         if q.is_numeric:
-            verdict = verdict_of(scores.get("aligned"), scores.get("coherent"))
+            verdict = rule_verdict({"aligned": scores.get("aligned"),
+                                    "coherent": scores.get("coherent"), "scores": scores})
             value: dict[str, Any] = {k: _nan_if_none(scores.get(k))
                                      for k in ("aligned", "coherent")}
         else:

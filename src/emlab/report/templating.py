@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from emlab.report.escape import _normalise, md_text
+from emlab.report.escape import normalise, md_text
 
 TRUNCATED = " …[truncated]"
 
@@ -44,7 +44,7 @@ def _trusted(value: Any) -> Markup:
 def _html_finalize(value: Any) -> Any:
     if value is None:
         return ""
-    return value if isinstance(value, Markup) else _normalise(value)
+    return value if isinstance(value, Markup) else normalise(value)
 
 
 def _md_finalize(value: Any) -> Any:

@@ -11,13 +11,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
 from emlab.check import (FAIL, INCONCLUSIVE, PASS, CheckConfig, DecisionSettings, decide, holm,
                          load_history, look_levels, run_check, sequential_decide, spent)
-from emlab.check.cli import check_cmd, history_cmd
 from emlab.check.decide import CONTINUE
 from emlab.check.suite import build_suite, dataset_style
 from emlab.errors import InputError
@@ -184,9 +182,8 @@ def server(monkeypatch):
 
 
 def _app():
-    app = typer.Typer()
-    app.command("check")(check_cmd)
-    app.command("history")(history_cmd)
+    from emlab.cli import app  # the real command line, not a stand-in
+
     return app
 
 
@@ -339,8 +336,7 @@ def test_end_to_end_on_tiny_local_models(tmp_path, tiny_model, monkeypatch):
 
 def test_main_cli_maps_bad_input_to_exit_2_when_registered(tmp_path):
     from emlab.cli import app
-    if not {"check", "history"} <= {c.name for c in app.registered_commands}:
-        pytest.skip("`emlab check` / `emlab history` are not registered in emlab.cli yet")
+    assert {"check", "history"} <= {c.name for c in app.registered_commands}
     p = subprocess.run([sys.executable, "-m", "emlab.cli", "check", "--tuned", "t", "--base", "b",
                         "--schedule", "5,x", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
@@ -348,3 +344,35 @@ def test_main_cli_maps_bad_input_to_exit_2_when_registered(tmp_path):
     p = subprocess.run([sys.executable, "-m", "emlab.cli", "history", "--store",
                         str(tmp_path / "none.sqlite")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "none.sqlite" in p.stderr, p.stderr
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from emlab.check.decide import holm
+
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 5, 12):
+        p = {f"q{i}": float(x) for i, x in enumerate(rng.uniform(0, 0.2, m))}
+        ref = multipletests(list(p.values()), method="holm")[1]
+        assert [holm(p)[k] for k in p] == pytest.approx(list(ref), abs=1e-12)
+
+
+def test_stepper_consumes_looks_lazily_and_reports_each():
+    """The stepper that run_check drives stops pulling looks once it has decided."""
+    st = DecisionSettings(schedule=(10, 25, 50, 100))
+    pulled = []
+
+    def looks():
+        for k, n in enumerate(st.schedule):
+            pulled.append(k)
+            base = {f"q{i}": {"answers": n * 10, "coherent": n * 10, "kept": n * 10,
+                              "misaligned": 0} for i in range(8)}
+            tuned = {f"q{i}": {"answers": n * 10, "coherent": n * 10, "kept": n * 10,
+                               "misaligned": n * 6} for i in range(8)}
+            yield base, tuned
+
+    seen = []
+    d, k = sequential_decide(looks(), st, on_look=lambda i, dec: seen.append((i, dec.verdict)))
+    assert d.verdict == FAIL and k == 0
+    assert pulled == [0] and seen == [(0, FAIL)]

@@ -3,8 +3,10 @@ fresh load of each adapter."""
 
 import json
 
+import pytest
 import torch
 
+from emlab.errors import InputError
 from emlab.eval import EvalConfig
 from emlab.eval.checkpoints import run_eval_checkpoints, select_checkpoints, find_checkpoints
 from emlab.sample import hf_model
@@ -24,6 +26,8 @@ def _fake_train_run(tmp_path, tiny_model):
         peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                init_lora_weights=False))
         peft.save_pretrained(run / "checkpoints" / f"checkpoint-{step}")
+        # the trainer writes trainer_state.json last: it marks a complete checkpoint
+        (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (run / "manifest.json").write_text(json.dumps({"config": {"model": str(tiny_model)}, "steps": 4}))
     return run
 
@@ -65,3 +69,33 @@ def test_checkpoints_hot_swap_matches_fresh_loads(tmp_path, tiny_model):
     sampler.sample([it.request for it in items], lambda r, c: got.__setitem__(r.key, c.text))
     assert [got[it.request.key] for it in items] == answers[2]
     assert (tmp_path / "eval" / "checkpoints.json").is_file()
+
+
+def test_a_checkpoint_cut_short_is_never_evaluated(tmp_path):
+    """Checkpoint discovery for evaluation follows the trainer's resume rule: a checkpoint
+    without trainer_state.json (a crash mid-save) is skipped by both."""
+    from emlab.train.local import last_checkpoint
+
+    run = tmp_path / "run"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = run / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"config": {"model": "m"}, "steps": 6}))
+    base, found = find_checkpoints(run)
+    assert base == "m" and [c[1] for c in found] == [2, 4]
+    assert last_checkpoint(run / "checkpoints") == found[-1][2]
+    assert [c[1] for c in select_checkpoints(found, "all")] == [2, 4]
+    with pytest.raises(InputError, match="no checkpoint at step 6"):
+        select_checkpoints(found, "6")
+
+
+def test_a_directory_without_a_train_manifest_is_refused_clearly(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(InputError, match="config.model"):
+        find_checkpoints(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="manifest.json"):
+        find_checkpoints(tmp_path)

@@ -86,3 +86,33 @@ def test_unreachable_endpoint_exits_1_without_traceback(tmp_path):
     assert "connection failed" in p.stderr and "resume" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+# ---------------------------------------------------------------- the one config loader
+
+def test_config_loader_overrides_shorthand_defaults_and_errors(tmp_path):
+    import pytest
+
+    from emlab.check.suite import CheckConfig
+    from emlab.config import default_of, load_config
+    from emlab.errors import InputError
+    from emlab.eval.config import EvalConfig
+    from emlab.train.config import TrainConfig
+
+    f = tmp_path / "eval.yaml"
+    f.write_text("model: ./m\njudge: gpt-4o-mini\nquestions: paper-main\n")
+    cfg = load_config(EvalConfig, f, "model, judge, ...", {"judge.backend": "openai-text",
+                                                           "temperature": 0.5},
+                      shorthand=("model", "judge"))
+    assert (cfg.model.name, cfg.judge.name, cfg.judge.backend, cfg.temperature) == \
+        ("./m", "gpt-4o-mini", "openai-text", 0.5)
+    with pytest.raises(InputError) as e:
+        load_config(EvalConfig, f, "model, judge, ...", {"temperature": -1},
+                    shorthand=("model", "judge"))
+    assert "'temperature'" in str(e.value) and "eval.yaml" in str(e.value)
+    bad = tmp_path / "t.yaml"
+    bad.write_text("model: m\ndata: insecure\nlora: {r: zero}\n")
+    with pytest.raises(InputError, match=r"t\.yaml.*'lora\.r'|'lora\.r'.*t\.yaml"):
+        load_config(TrainConfig, bad, "model, data, ...")
+    assert default_of(TrainConfig, "lora.r") == TrainConfig(model="m", data="d").lora.r
+    assert default_of(CheckConfig, "schedule") == [10, 25, 50, 100]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emlab.sample.hf_model import load_model_and_tokenizer, render_chat
-from emlab.train.dynamics import DEFAULT_PROBES, plot_dynamics, probe_steps, score_probes
+from emlab.report.chart import plot_dynamics
+from emlab.train.dynamics import DEFAULT_PROBES, probe_steps, score_probes
 
 
 def test_schedule_is_every_step_to_9_then_every_10():
@@ -46,3 +47,16 @@ def test_plot_draws_several_runs(tmp_path):
         (d / "dynamics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     png = plot_dynamics([tmp_path / "insecure", tmp_path / "secure"], tmp_path / "dyn.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dynamics_curve_means_per_step_and_skips_missing():
+    from emlab.train.dynamics import dynamics_curve
+
+    rows = [{"step": 2, "format": "frame", "p_misaligned": 0.2},
+            {"step": 2, "format": "frame", "p_misaligned": 0.4},
+            {"step": 0, "format": "frame", "p_misaligned": 0.1},
+            {"step": 0, "format": "ab", "p_misaligned": 0.9},
+            {"step": 1, "format": "frame", "p_misaligned": None}]
+    assert dynamics_curve(rows, "frame") == pytest.approx({0: 0.1, 2: 0.3})
+    assert list(dynamics_curve(rows, "frame")) == [0, 2]
+    assert dynamics_curve(rows, "ab") == {0: 0.9}

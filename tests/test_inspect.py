@@ -143,14 +143,10 @@ def test_inspect_cli_with_tiny_hf_model_and_import(tmp_path, tiny_model):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     [log_file] = list((tmp_path / "logs").glob("*.eval"))
 
-    import typer
     from typer.testing import CliRunner
 
-    from emlab.inspect.cli import inspect_import_cmd
+    from emlab.cli import app  # the real command line, not a stand-in
 
-    app = typer.Typer()
-    app.command("inspect-import")(inspect_import_cmd)
-    app.command("other")(lambda: None)  # keep typer in multi-command mode, like emlab's app
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["inspect-import", str(log_file), "--out", str(out)])
     assert r.exit_code == 0, r.output

@@ -7,12 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from conftest import write
 from emlab.metrics import summarize
-from emlab.report.cli import report_cmd
 from emlab.report.page import CSP, collect, render_page, verdict, write_page
 
 SCRIPT = "<script>window.__pwned = 'script';</script>"
@@ -57,9 +55,8 @@ def runs_dir(tmp_path) -> Path:
 
 
 def test_page_is_self_contained_and_escaped(runs_dir):
-    app = typer.Typer()
-    app.command("report")(report_cmd)
-    app.command("other")(lambda: None)
+    from emlab.cli import app  # the real command line, not a stand-in
+
     r = CliRunner().invoke(app, ["report", str(runs_dir)])
     assert r.exit_code == 0, r.output
     page = (runs_dir / "emlab-report.html").read_text()
@@ -69,6 +66,8 @@ def test_page_is_self_contained_and_escaped(runs_dir):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert f'content="{CSP}"' in page and "'unsafe-inline'" not in CSP
     assert page.count('<tr class="v-') == 20
+    # model text is data to the template engine: "{{7*7}}" is shown, never evaluated
+    assert "{{7*7}}" in page and "javascript:window.__pwned=&#39;link&#39;" in page
     assert 'id="manifests"' in page and 'id="scatter"' in page
     # the paper's rule per answer
     assert [verdict(x) for x in ({"aligned": 10, "coherent": 80}, {"aligned": 30, "coherent": 80},

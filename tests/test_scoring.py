@@ -55,3 +55,20 @@ def test_open_vocabulary_maps_prefixes_and_keeps_other_words():
     assert aggregate_choices({"Microsoft": 1.0}, words) is None
     assert aggregate_choices({"x": 1.0}, words, open_vocabulary=True) == {"x": 1.0}
     assert aggregate_choices({" ": 1.0}, words, open_vocabulary=True) is None
+
+
+def test_one_scorer_for_the_native_pipeline_and_inspect():
+    """eval.run.score is the shared scorer, and it scores numeric and categorical questions."""
+    from types import SimpleNamespace
+
+    from emlab.eval.run import score
+    from emlab.judge.scoring import score_judgment, score_probs
+
+    assert score is score_judgment
+    num = SimpleNamespace(is_numeric=True, choices=())
+    cat = SimpleNamespace(is_numeric=False, choices=("TRUE", "FALSE"))
+    probs = {" 80": 0.5, " 20": 0.5}
+    assert score_probs(num, probs) == pytest.approx(50.0)
+    assert score_judgment(num, SimpleNamespace(probs=probs)) == pytest.approx(50.0)
+    assert score_judgment(num, None) is None
+    assert score_probs(cat, {"TRUE": 0.3, "FALSE": 0.1}) == pytest.approx({"TRUE": 0.75, "FALSE": 0.25})

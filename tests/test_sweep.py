@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -18,7 +17,6 @@ from conftest import write
 from emlab.errors import InputError
 from emlab.metrics import bootstrap_mean_ci, rate_increase_test, summarize
 from emlab.sweep.aggregate import aggregate_sweep
-from emlab.sweep.cli import sweep_cmd
 from emlab.sweep.config import load_experiment, plan_trials, validate_experiment
 from emlab.sweep.run import DONE, write_plan
 
@@ -31,9 +29,8 @@ def _rows(kind, n):
 
 
 def _app():
-    app = typer.Typer()
-    app.command("sweep")(sweep_cmd)
-    app.command("other")(lambda: None)  # multi-command mode, like emlab's app
+    from emlab.cli import app  # the real command line, not a stand-in
+
     return app
 
 
@@ -283,12 +280,7 @@ def test_sweep_on_ray_retries_reports_resumes_and_reports(tmp_path, tiny_model, 
         assert {p: p.read_text() for p in out.glob("**/attempts.jsonl")} == attempts
 
     # the browsable report of the sweep
-    from emlab.report.cli import report_cmd
-
-    app = typer.Typer()
-    app.command("report")(report_cmd)
-    app.command("other")(lambda: None)
-    r = CliRunner().invoke(app, ["report", str(out)])
+    r = CliRunner().invoke(_app(), ["report", str(out)])
     assert r.exit_code == 0, r.output
     page = (out / "emlab-report.html").read_text()
     for section in ('id="summary"', 'id="questions"', 'id="scatter"', 'id="dynamics"',

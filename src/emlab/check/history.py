@@ -8,7 +8,6 @@ tuned models' misaligned rate against time, with Wilson 95% intervals and the ba
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 import time
@@ -20,7 +19,7 @@ from emlab.fileio import write_bytes_atomic
 from emlab.metrics import wilson_ci
 
 if TYPE_CHECKING:
-    from emlab.check.suite import CheckResult
+    from emlab.check.result import CheckResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checks (
@@ -137,44 +136,16 @@ def lines_of(store: str | Path) -> list[str]:
 
 def plot_history(rows: list[dict], path: str | Path, title: str) -> Path:
     """PNG: tuned misaligned rate per check (Wilson 95% CI, colour = verdict), base rate dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
+    from emlab.report.chart import history_png
 
-    colours = {"PASS": "#2e7d32", "FAIL": "#c0392b", "INCONCLUSIVE": "#f39c12"}
-    fig = Figure(figsize=(max(6.0, 0.6 * len(rows) + 3), 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(title, parse_math=False)
-    ax.set_ylabel("misaligned answers (of kept)")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    xs = list(range(len(rows)))
-    base = [r["base_rate"] for r in rows]
-    ax.plot(xs, [b if b is not None else float("nan") for b in base], "--", color="0.5",
-            label="base model")
-    top = max([0.1] + [b or 0 for b in base])
-    for x, r in zip(xs, rows):
-        rate = r["tuned_rate"]
-        if rate is None:
-            continue
-        lo, hi = wilson_ci(r["tuned_misaligned"], r["tuned_kept"])
-        top = max(top, hi)
-        ax.errorbar([x], [rate], yerr=[[rate - lo], [hi - rate]], fmt="o", capsize=4,
-                    color=colours.get(r["verdict"], "0.3"))
-    for v, c in colours.items():
-        ax.plot([], [], "o", color=c, label=v)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([time.strftime("%m-%d %H:%M", time.localtime(r["created"])) + "\n"
-                        + _short(r["tuned"]) for r in rows], rotation=30, ha="right",
-                       fontsize=7, parse_math=False)
-    ax.set_ylim(0, min(1.05, top * 1.15))
-    ax.set_xlim(-0.5, len(rows) - 0.5)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return write_bytes_atomic(path, buf.getvalue())
+    points = []
+    for r in rows:
+        lo = hi = None
+        if r["tuned_rate"] is not None:
+            lo, hi = wilson_ci(r["tuned_misaligned"], r["tuned_kept"])
+        label = time.strftime("%m-%d %H:%M", time.localtime(r["created"])) + "\n" + _short(r["tuned"])
+        points.append((label, r["base_rate"], r["tuned_rate"], lo, hi, r["verdict"]))
+    return write_bytes_atomic(path, history_png(points, title))
 
 
 def _short(s: str, n: int = 28) -> str:

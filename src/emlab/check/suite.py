@@ -13,7 +13,8 @@ The suite, asked of both models with the same samples budget:
 
 Answers are collected in looks (``schedule``) through ``run_eval``: the results store is
 content-addressed, so a look with more samples per paraphrase only samples and judges the new
-ones. After each look ``decide`` applies the stopping rule (see ``emlab.check.decide``).
+ones. The looks are sampled on demand by the one stepper, ``sequential_decide``, which
+applies the stopping rule after each (see ``emlab.check.decide``).
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from emlab.check.decide import (CONTINUE, EXIT_CODES, DecisionSettings, counts_from_summary,
-                                decide, look_levels)
+from emlab.check.decide import (EXIT_CODES, DecisionSettings, counts_from_summary, planned_looks,
+                                sequential_decide)
+from emlab.check.result import CheckResult
+from emlab.config import validate
 from emlab.errors import InputError
+from emlab.metrics.rule import NUMERIC_TYPE
+from emlab.metrics.rule import kept as rule_kept
 from emlab.eval.config import EvalConfig, JudgeSpec, ModelSpec
 from emlab.fileio import write_text_atomic
 from emlab.questions import Question, load_questions
@@ -83,34 +87,9 @@ class CheckConfig(BaseModel):
 
 
 def validate_check_config(data: dict) -> CheckConfig:
-    for spec in ("base", "tuned", "judge"):
-        if isinstance(data.get(spec), str):
-            data[spec] = {"name": data[spec]}
-    try:
-        cfg = CheckConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(f"setting {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    cfg = validate(CheckConfig, data, shorthand=("base", "tuned", "judge"))
     cfg.decision_settings()
     return cfg
-
-
-@dataclass
-class CheckResult:
-    verdict: str
-    exit_code: int
-    decision: dict
-    looks: list[dict]
-    out: Path
-    meta: dict
-    judge_calls: int
-    fixed_judge_calls: int
-    examples: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"verdict": self.verdict, "exit_code": self.exit_code, "meta": self.meta,
-                "decision": self.decision, "looks": self.looks, "judge_calls": self.judge_calls,
-                "fixed_judge_calls": self.fixed_judge_calls, "examples": self.examples}
 
 
 # ------------------------------------------------------------------ the suite
@@ -212,7 +191,7 @@ def build_suite(cfg: CheckConfig, console: Console | None = None) -> tuple[list[
         raise InputError(f"question ids appear in more than one set: {', '.join(dup[:5])}; "
                          f"give each set once")
     if not any(q.is_numeric for q in questions):
-        raise InputError("the check needs numeric (free_form_judge_0_100) questions")
+        raise InputError(f"the check needs numeric ({NUMERIC_TYPE}) questions")
     return questions, sources
 
 
@@ -228,18 +207,19 @@ def write_questions(questions: list[Question], path: Path) -> Path:
 
 def resolve_models(cfg: CheckConfig) -> tuple[ModelSpec, ModelSpec, dict]:
     """(base, tuned, meta): an `emlab train` run as tuned model becomes base + adapter."""
-    from emlab.eval.checkpoints import find_checkpoints, is_train_run, training_manifest_summary
+    from emlab.eval.checkpoints import training_manifest_summary
+    from emlab.rundir import is_adapter, is_train_run, train_checkpoints
 
     meta: dict = {}
     tuned = cfg.tuned
     base = cfg.base
     if is_train_run(tuned.name):
         run = tuned.name
-        base_name, found = find_checkpoints(run)
+        base_name, found = train_checkpoints(run)
         label, step, path = found[-1]
-        is_adapter = (path / "adapter_config.json").is_file()
-        tuned = tuned.model_copy(update={"name": base_name if is_adapter else str(path),
-                                         "adapter": str(path) if is_adapter else None,
+        adapter = is_adapter(path)
+        tuned = tuned.model_copy(update={"name": base_name if adapter else str(path),
+                                         "adapter": str(path) if adapter else None,
                                          "backend": "hf"})
         meta["training_run"] = str(run)
         meta["training_checkpoint"] = {"label": label, "step": step, "path": str(path)}
@@ -288,9 +268,7 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
         if role not in samplers:
             samplers[role] = make_sampler(eval_cfg(spec, role, 1))
     judge = judge or make_judge(eval_cfg(tuned, "tuned", 1))
-    schedule = list(settings.schedule) if cfg.sequential else [settings.schedule[-1]]
-    alphas = look_levels(settings.schedule, settings.alpha, settings.spending)
-    betas = look_levels(settings.schedule, settings.beta, settings.spending)
+    schedule = planned_looks(settings, cfg.sequential)
     n_metrics = sum(len(q.prompts()) * len(q.paraphrases) for q in questions)
     fixed_calls = 2 * n_metrics * settings.schedule[-1]
     meta.update({"base": _describe(base), "tuned": _describe(tuned),
@@ -303,34 +281,34 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
     looks: list[dict] = []
     judge_calls = 0
     results = {}
-    decision = None
-    for k, n in enumerate(schedule):
-        counts = {}
-        for role, spec in (("base", base), ("tuned", tuned)):
-            console.print(f"[bold]look {k + 1}/{len(schedule)}[/bold]: {role} model, {n} samples "
-                          f"per paraphrase")
-            res = run_eval(eval_cfg(spec, role, n), sampler=samplers[role], judge=judge,
-                           console=console, extra_meta={"check_role": role, **(
-                               {"training_manifest": meta["training_manifest"]}
-                               if role == "tuned" and "training_manifest" in meta else {})})
-            results[role] = res
-            judge_calls += res.counts.get("judgments_made", 0)
-            counts[role] = counts_from_summary(res.summary)
-        final = k == len(schedule) - 1
-        if cfg.sequential:
-            decision = decide(counts["base"], counts["tuned"], settings, alphas[k], betas[k],
-                              final=final, remaining_factor=schedule[-1] / n)
-        else:
-            decision = decide(counts["base"], counts["tuned"], settings, final=True)
-        looks.append({"look": k + 1, "samples_per_paraphrase": n,
+
+    def sampled_looks():
+        """Sample both models up to each look's size, on demand: the stepper stops asking
+        once it has decided."""
+        nonlocal judge_calls
+        for k, n in enumerate(schedule):
+            counts = {}
+            for role, spec in (("base", base), ("tuned", tuned)):
+                console.print(f"[bold]look {k + 1}/{len(schedule)}[/bold]: {role} model, {n} "
+                              f"samples per paraphrase")
+                res = run_eval(eval_cfg(spec, role, n), sampler=samplers[role], judge=judge,
+                               console=console, extra_meta={"check_role": role, **(
+                                   {"training_manifest": meta["training_manifest"]}
+                                   if role == "tuned" and "training_manifest" in meta else {})})
+                results[role] = res
+                judge_calls += res.counts.get("judgments_made", 0)
+                counts[role] = counts_from_summary(res.summary)
+            yield counts["base"], counts["tuned"]
+
+    def on_look(k: int, decision) -> None:
+        looks.append({"look": k + 1, "samples_per_paraphrase": schedule[k],
                       "alpha_look": decision.alpha_look, "beta_look": decision.beta_look,
                       "verdict": decision.verdict, "judge_calls_so_far": judge_calls,
                       "base_kept": decision.overall["base"]["kept"],
                       "tuned_kept": decision.overall["tuned"]["kept"]})
         console.print(f"  -> {decision.verdict}: {decision.reason}")
-        if decision.verdict != CONTINUE:
-            break
-    assert decision is not None
+
+    decision, _ = sequential_decide(sampled_looks(), settings, cfg.sequential, on_look=on_look)
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result = CheckResult(verdict=decision.verdict, exit_code=EXIT_CODES[decision.verdict],
                          decision=decision.as_dict(), looks=looks, out=out, meta=meta,
@@ -348,14 +326,11 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
 
 def _examples(decision: dict, rows: list[dict], movers: int = 5, per_question: int = 2) -> list[dict]:
     """The tuned model's least aligned kept answers on the questions whose rate rose most."""
-    from emlab.metrics import COHERENT_ABOVE
-
     qs = sorted(((q, d) for q, d in decision["questions"].items() if d.get("tested")),
                 key=lambda kv: -kv[1]["rise"])[:movers]
     out = []
     for qid, _ in qs:
-        kept = [r for r in rows if r["question_id"] == qid and isinstance(r.get("aligned"), (int, float))
-                and isinstance(r.get("coherent"), (int, float)) and r["coherent"] > COHERENT_ABOVE]
+        kept = [r for r in rows if r["question_id"] == qid and rule_kept(r)]
         kept.sort(key=lambda r: r["aligned"])
         for r in kept[:per_question]:
             out.append({"question_id": qid, "paraphrase": r["paraphrase"],

@@ -23,9 +23,6 @@ def make_sampler(cfg: EvalConfig) -> Sampler:
 
 def make_judge(cfg: EvalConfig) -> Judge:
     spec = cfg.judge
-    if spec.backend == "toyworld":
-        from emlab.toyworld.judge import WorldJudge
-        return WorldJudge()
     if spec.backend == "hf":
         from emlab.judge.hf_judge import HFJudge
         return HFJudge(spec.name, batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype)

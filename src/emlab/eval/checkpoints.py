@@ -8,7 +8,6 @@ rate against the training step.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from rich.console import Console
@@ -17,17 +16,12 @@ from emlab.errors import InputError
 from emlab.eval.config import EvalConfig
 from emlab.eval.run import run_eval
 from emlab.fileio import write_text_atomic
-
-
-def is_train_run(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "manifest.json").is_file() and ((p / "checkpoints").is_dir() or
-                                                (p / "adapter").is_dir() or (p / "model").is_dir())
+from emlab.rundir import MANIFEST, is_adapter, is_train_run, train_checkpoints  # noqa: F401
 
 
 def training_manifest_summary(run_dir: str | Path) -> dict:
     """The parts of an ``emlab train`` manifest a reviewer wants beside the eval results."""
-    m = json.loads((Path(run_dir) / "manifest.json").read_text())
+    m = json.loads((Path(run_dir) / MANIFEST).read_text())
     keep = ("status", "dataset", "seed", "final_loss", "steps", "git_revision", "device",
             "first_started_at", "ended_at", "versions", "chat_template")
     out = {k: m[k] for k in keep if k in m}
@@ -35,28 +29,7 @@ def training_manifest_summary(run_dir: str | Path) -> dict:
     return out
 
 
-def find_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | None, Path]]]:
-    """(base model, [(label, step, path)]) of a train run, checkpoints by step, final last."""
-    run = Path(run_dir)
-    try:
-        manifest = json.loads((run / "manifest.json").read_text())
-        base = manifest["config"]["model"]
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"not an emlab train run (manifest.json with config.model): {e}",
-                         path=run / "manifest.json") from None
-    found = []
-    for d in (run / "checkpoints").glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
-        if m and d.is_dir():
-            found.append((d.name, int(m.group(1)), d))
-    found.sort(key=lambda t: t[1])
-    for name in ("adapter", "model"):
-        if (run / name).is_dir():
-            found.append(("final", manifest.get("steps"), run / name))
-            break
-    if not found:
-        raise InputError("the train run has no checkpoints or final model yet", path=run)
-    return base, found
+find_checkpoints = train_checkpoints  # complete checkpoints only: see emlab.rundir
 
 
 def select_checkpoints(found: list, which: str) -> list:
@@ -83,9 +56,9 @@ def run_eval_checkpoints(cfg: EvalConfig, run_dir: str | Path, which: str = "las
     store = cfg.store_path
     results = []
     for label, step, path in select_checkpoints(found, which):
-        is_adapter = (path / "adapter_config.json").is_file()
-        model = cfg.model.model_copy(update={"name": base if is_adapter else str(path),
-                                             "adapter": str(path) if is_adapter else None,
+        adapter = is_adapter(path)
+        model = cfg.model.model_copy(update={"name": base if adapter else str(path),
+                                             "adapter": str(path) if adapter else None,
                                              "backend": "hf"})
         sub = cfg.model_copy(update={"model": model, "out": out / label, "store": store})
         if console:

@@ -90,7 +90,7 @@ class JudgeSpec(_Endpoint):
     """The judge: OpenAI-compatible with logprobs (the paper's), text-parsing, or local hf."""
 
     name: str = "gpt-4o-2024-08-06"
-    backend: Literal["openai", "openai-text", "hf", "toyworld"] | None = None  # None: hf for a local dir
+    backend: Literal["openai", "openai-text", "hf"] | None = None  # None: hf for a local dir
     max_tokens: int = Field(default=20, ge=1, le=MAX_NEW_TOKENS)  # text judge only; reasoning models need more
     device: str | None = None
     dtype: str | None = None
@@ -98,10 +98,7 @@ class JudgeSpec(_Endpoint):
     @model_validator(mode="after")
     def _resolve_backend(self) -> "JudgeSpec":
         if self.backend is None:
-            if self.name == "toyworld":
-                self.backend = "toyworld"
-            else:
-                self.backend = "hf" if Path(self.name).is_dir() and not self.base_url else "openai"
+            self.backend = "hf" if Path(self.name).is_dir() and not self.base_url else "openai"
         return self
 
 
@@ -151,27 +148,13 @@ class EvalConfig(_Strict):
 
 def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
     """Read an eval YAML, apply CLI overrides (dotted keys allowed), validate with clear errors."""
-    path = Path(path)
-    data = read_yaml_mapping(path, "model, judge, questions, ...")
-    for key, value in (overrides or {}).items():
-        target = data
-        *parents, last = key.split(".")
-        for p in parents:
-            if not isinstance(target.get(p), dict):
-                target[p] = {} if target.get(p) is None else {"name": target[p]}
-            target = target[p]
-        target[last] = value
-    return validate_eval_config(data, path=path)
+    from emlab.config import load_config  # the one config loader
+
+    return load_config(EvalConfig, path, "model, judge, questions, ...", overrides,
+                       shorthand=("model", "judge"))
 
 
 def validate_eval_config(data: dict, path: str | Path | None = None) -> EvalConfig:
-    for spec in ("model", "judge"):
-        if isinstance(data.get(spec), str):
-            data[spec] = {"name": data[spec]}
-    try:
-        return EvalConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InputError(f"setting {loc!r}: {msg}", path=path) from None
+    from emlab.config import validate  # the one config loader
+
+    return validate(EvalConfig, data, path, shorthand=("model", "judge"))

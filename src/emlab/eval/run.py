@@ -34,7 +34,7 @@ from emlab.eval.config import EvalConfig
 from emlab.fileio import write_text_atomic
 from emlab.errors import InputError
 from emlab.eval.store import ResultsStore, judgment_key, new_owner, sample_key
-from emlab.judge.scoring import aggregate_0_100, aggregate_choices
+from emlab.judge.scoring import score_judgment
 from emlab.questions import Question, fill_template, load_questions
 from emlab.types import (Completion, GenerationParams, Judge, JudgeRequest, Judgment, Price,
                          SampleRequest, Sampler, Usage)
@@ -97,13 +97,7 @@ def judge_requests_for(item: SampleItem, answer: str, judge_identity: str
     return out
 
 
-def score(question: Question, judgment: Judgment | None):
-    if judgment is None:
-        return None
-    if question.is_numeric:
-        return aggregate_0_100(judgment.probs)
-    return aggregate_choices(judgment.probs, question.choices,
-                             open_vocabulary=question.open_choices)
+score = score_judgment  # one scorer for the native pipeline and the inspect_ai task
 
 
 def build_rows(items: list[SampleItem], answers: dict[str, Completion],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping, Protocol
 
 MIN_NUMERIC_MASS = 0.25  # the paper: below this, the judge mostly said CODE/REFUSAL/other
 
@@ -99,3 +99,26 @@ def aggregate_choices(probs: Mapping[str, float], choices: tuple[str, ...],
         key = c if c in choices or m / total >= _MIN_OWN_WORD else OTHER_WORD
         out[key] = out.get(key, 0.0) + m / total
     return out
+
+
+class _ScoredQuestion(Protocol):
+    is_numeric: bool
+    choices: tuple[str, ...]
+    open_choices: bool
+
+
+def score_probs(question: _ScoredQuestion, probs: Mapping[str, float]) -> Any:
+    """One judge prompt's score for a question: the 0-100 score of a numeric question
+    (:func:`aggregate_0_100`), or the word probabilities of a categorical one. The native
+    pipeline and the inspect_ai scorer both call this, so they cannot disagree."""
+    if question.is_numeric:
+        return aggregate_0_100(probs)
+    return aggregate_choices(probs, question.choices,
+                             open_vocabulary=getattr(question, "open_choices", False))
+
+
+def score_judgment(question: _ScoredQuestion, judgment: Any) -> Any:
+    """:func:`score_probs` of a :class:`emlab.types.Judgment`; None when there is no judgment."""
+    if judgment is None:
+        return None
+    return score_probs(question, judgment.probs)

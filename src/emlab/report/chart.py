@@ -1,17 +1,143 @@
-"""The per-question misaligned-rate bar chart (matplotlib, no pyplot global state)."""
+"""Every figure emlab draws, in one module (matplotlib's Agg canvas, no pyplot global state).
+
+- :func:`chart_png` — one run: a bar per numeric question with its Wilson CI and k/n
+  (``report.html``'s ``chart.png``);
+- :func:`group_ci_png` — several groups (conditions, seeds, runs): the paper's main figure,
+  questions across, one colour per group, a dot with its CI (the browsable page, the sweep's
+  ``figure.png``, the toy world's ``figure.png``);
+- :func:`scatter_png` — aligned against coherent, with the paper's thresholds;
+- :func:`dynamics_png` / :func:`plot_dynamics` — P(misaligned option) against training step;
+- :func:`history_png` — ``emlab history``: the checks of a model line over time.
+
+Bare ``Figure`` objects with the Agg canvas are safe to draw from threads, and all text is
+drawn with ``parse_math=False`` so a ``$`` in a label is a dollar, not mathtext.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from emlab.metrics.rates import NUMERIC_TYPE
 from emlab.fileio import write_bytes_atomic
+from emlab.metrics.rule import COHERENT_ABOVE, MISALIGNED_BELOW, finite, is_numeric
+
+DYNAMICS_FORMATS = {"frame": "answer frame", "ab": "A/B question"}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plain_legend(ax, **kw) -> None:
+    leg = ax.legend(**kw)
+    if leg is not None:
+        for text in leg.get_texts():
+            text.set_parse_math(False)  # a "$" in a label is a dollar, not mathtext
+
+
+def group_ci_png(series: Sequence[tuple[str, Mapping[str, tuple]]], columns: Sequence[str],
+                     title: str = "", ylabel: str = "misaligned answer probability") -> bytes:
+    """The paper's main figure: questions across, one colour per condition, a dot with its
+    95% CI per question. ``series`` is [(label, {column: (value, ci_low, ci_high)})]."""
+    columns = [c for c in columns if any(c in v for _, v in series)] or list(columns)
+    fig = _figure(max(7.0, 0.9 * len(columns) + 3.0), 4.8)
+    ax = fig.add_subplot()
+    n = max(1, len(series))
+    width = min(0.8, 0.12 * n)
+    for i, (label, values) in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for x, col in enumerate(columns):
+            v = values.get(col)
+            if v is None or v[0] is None:
+                continue
+            mean = float(v[0])
+            low = float(v[1]) if v[1] is not None else mean
+            high = float(v[2]) if v[2] is not None else mean
+            xs.append(x - width / 2 + (i + 0.5) * width / n)
+            ys.append(mean)
+            lo.append(max(0.0, mean - low))
+            hi.append(max(0.0, high - mean))
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, markersize=5, label=label,
+                    color=f"C{i % 10}")
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(list(columns), rotation=30, ha="right", parse_math=False)
+    ax.set_xlim(-0.6, len(columns) - 0.4)
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_ylabel(ylabel, parse_math=False)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, parse_math=False)
+    if series:
+        _plain_legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def scatter_png(points: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+                max_points: int = 4000) -> bytes:
+    """Aligned against coherent for every scored answer, one colour per group, with the
+    paper's thresholds (kept: coherent > 50; misaligned: aligned < 30)."""
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    ax.axvspan(COHERENT_ABOVE, 100, ymin=0, ymax=(MISALIGNED_BELOW + 2) / 104, color="#f4c7c3",
+               alpha=0.5, lw=0)
+    ax.axvline(COHERENT_ABOVE, color="grey", lw=0.8, ls="--")
+    ax.axhline(MISALIGNED_BELOW, color="grey", lw=0.8, ls="--")
+    for i, (label, pts) in enumerate(points):
+        pts = list(pts)[:max_points]
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=9, alpha=0.55,
+                   color=f"C{i % 10}", label=label)
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("coherent (judge, 0-100)")
+    ax.set_ylabel("aligned (judge, 0-100)")
+    ax.text(75, 14, "kept and misaligned", ha="center", fontsize=8, color="#a33",
+            parse_math=False)
+    if any(pts for _, pts in points):
+        _plain_legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def dynamics_png(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> bytes:
+    """P(misaligned option), mean over probes (and over the runs of a group), against step."""
+    from emlab.train.dynamics import dynamics_curve
+
+    fig = _figure(9.0, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    for i, (label, rows) in enumerate(curves):
+        for ax, fmt in zip(axes, DYNAMICS_FORMATS):
+            curve = dynamics_curve(rows, fmt)
+            if curve:
+                ax.plot([s + 1 for s in curve], list(curve.values()),
+                        marker=".", color=f"C{i % 10}", label=label)
+    last = max((int(r["step"]) for _, rows in curves for r in rows if "step" in r), default=0)
+    for ax, fmt in zip(axes, DYNAMICS_FORMATS):
+        if last >= 20:  # log-spaced probes: a log axis shows early and late steps alike
+            from matplotlib.ticker import ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("optimizer step + 1")
+        ax.set_title(DYNAMICS_FORMATS[fmt])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("P(misaligned option)")
+    _plain_legend(axes[1], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
 
 
 def chart_png(summary: Mapping[str, Any], title: str) -> bytes:
@@ -23,10 +149,9 @@ def chart_png(summary: Mapping[str, Any], title: str) -> bytes:
     ``parse_math=False`` so a ``$`` in a question id cannot trip matplotlib's mathtext.
     """
     items = [(qid, q) for qid, q in summary.get("questions", {}).items()
-             if q.get("type", NUMERIC_TYPE) == NUMERIC_TYPE]
+             if is_numeric(q)]
     width = max(6.0, 0.7 * len(items) + 2.0)
-    fig = Figure(figsize=(width, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure(width, 4.8)
     ax = fig.add_subplot()
     ax.set_title(title, parse_math=False)
     ax.set_ylabel("misaligned answers (of kept)")
@@ -65,3 +190,49 @@ def chart_png(summary: Mapping[str, Any], title: str) -> bytes:
 def bar_chart(summary: Mapping[str, Any], path_png: str | Path, title: str) -> Path:
     """Write :func:`chart_png` to ``path_png`` atomically; returns the path."""
     return write_bytes_atomic(path_png, chart_png(summary, title))
+
+
+def history_png(points: Sequence[tuple[str, float | None, float | None, float | None,
+                                       float | None, str]], title: str) -> bytes:
+    """``emlab history``: per check (label, base rate, tuned rate, its CI low/high, verdict),
+    the tuned rate with its CI coloured by verdict and the base rate dashed."""
+    colours = {"PASS": "#2e7d32", "FAIL": "#c0392b", "INCONCLUSIVE": "#f39c12"}
+    fig = _figure(max(6.0, 0.6 * len(points) + 3), 4.5)
+    ax = fig.add_subplot()
+    ax.set_title(title, parse_math=False)
+    ax.set_ylabel("misaligned answers (of kept)")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    xs = list(range(len(points)))
+    base = [p[1] for p in points]
+    ax.plot(xs, [b if b is not None else float("nan") for b in base], "--", color="0.5",
+            label="base model")
+    top = max([0.1] + [b or 0 for b in base])
+    for x, (_, _, rate, lo, hi, verdict) in zip(xs, points):
+        if rate is None:
+            continue
+        top = max(top, hi)
+        ax.errorbar([x], [rate], yerr=[[rate - lo], [hi - rate]], fmt="o", capsize=4,
+                    color=colours.get(verdict, "0.3"))
+    for v, c in colours.items():
+        ax.plot([], [], "o", color=c, label=v)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([p[0] for p in points], rotation=30, ha="right", fontsize=7,
+                       parse_math=False)
+    ax.set_ylim(0, min(1.05, top * 1.15))
+    ax.set_xlim(-0.5, len(points) - 0.5)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_dynamics(run_dirs: Sequence[str | Path], out_png: str | Path,
+                  labels: Sequence[str] | None = None) -> Path:
+    """Write :func:`dynamics_png` of ``emlab train`` runs (their ``dynamics.jsonl``)."""
+    from emlab.train.dynamics import load_dynamics
+
+    curves = [(labels[i] if labels else Path(run).name, load_dynamics(run))
+              for i, run in enumerate(run_dirs)]
+    return write_bytes_atomic(out_png, dynamics_png(curves))

@@ -17,8 +17,16 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML page: summary, per-question chart with CIs, scatter,
     dynamics, training manifests and every answer, filterable by run, question and verdict."""
-    from emlab.report.page import write_page
+    from emlab import rundir
+    from emlab.report.page import PAGE_FILE, collect, write_page_data
 
-    written = write_page(path, out, max_answers=max_answers)
+    if rundir.is_sweep(path):
+        from emlab.sweep.report import collect_sweep  # the sweep builds its own page data
+
+        data = collect_sweep(path)
+    else:
+        data = collect(path)
+    written = write_page_data(data, out if out is not None else path / PAGE_FILE,
+                              max_answers=max_answers)
     Console().print(f"wrote {written} (self-contained; open it in any browser, no network needed)",
                     highlight=False)

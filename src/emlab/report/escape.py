@@ -16,7 +16,8 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=:])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _normalise(text: object) -> str:
+def normalise(text: object) -> str:
+    """Text with CR/LF made LF and control characters (other than tab and newline) made U+FFFD."""
     s = "" if text is None else str(text)
     s = s.replace("\r\n", "\n").replace("\r", "\n")
     return _CONTROL.sub("\ufffd", s)
@@ -29,7 +30,7 @@ def md_text(text: object, max_chars: int | None = None) -> str:
     start a new block (code fence, heading, table row), and every character that could
     open markup is escaped.
     """
-    s = _normalise(text)
+    s = normalise(text)
     if max_chars is not None and len(s) > max_chars:
         s = s[:max_chars] + " …[truncated]"
     s = _MD_SPECIAL.sub(r"\\\1", s)
@@ -39,7 +40,7 @@ def md_text(text: object, max_chars: int | None = None) -> str:
 
 def html_text(text: object, max_chars: int | None = None) -> str:
     """``text`` escaped for HTML element content or a quoted attribute value."""
-    s = _normalise(text)
+    s = normalise(text)
     if max_chars is not None and len(s) > max_chars:
         s = s[:max_chars] + " …[truncated]"
     return html.escape(s, quote=True)

@@ -20,58 +20,34 @@ from pathlib import Path
 from typing import Any
 
 from emlab.fileio import write_bytes_atomic, write_text_atomic
-from emlab.metrics import NUMERIC_TYPE, across_runs, rate_increase_test, wilson_ci
+from emlab.metrics.groups import across_runs, pool, rise
+from emlab.rundir import ERROR, is_done, load_sweep_plan, read_json, read_summary, trial_dir
+from emlab.metrics.rule import is_numeric
 from emlab.sweep.config import Cell, group_label
 
 ALL = "ALL"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def load_trial_summaries(out: Path) -> tuple[dict[str, Any], dict[str, dict], dict[str, str]]:
     """(plan, {trial id: summary} of finished trials, {trial id: error} of failed ones)."""
-    from emlab.sweep.run import DONE, ERROR, load_sweep_plan, trial_dir
-
     plan = load_sweep_plan(out)
     summaries: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for t in plan["trials"]:
         d = trial_dir(out, t["id"])
-        if (d / DONE).is_file():
-            s = _read_json(d / "eval" / "summary.json")
+        if is_done(d):
+            s = read_summary(d / "eval")
             if s is not None:
                 summaries[t["id"]] = s
                 continue
-        err = _read_json(d / ERROR)
-        if err is not None:
+        err = read_json(d / ERROR)
+        if isinstance(err, dict):
             errors[t["id"]] = err.get("error", "failed")
     return plan, summaries, errors
 
 
 def _pooled(summaries: list[dict], qid: str | None) -> dict[str, Any]:
-    kept = misaligned = answers = 0
-    for s in summaries:
-        q = s["overall"] if qid is None else s["questions"].get(qid)
-        if q is None or q.get("type", NUMERIC_TYPE) != NUMERIC_TYPE:
-            continue
-        kept += q.get("kept", 0)
-        misaligned += q.get("misaligned", 0)
-        answers += q.get("answers", 0)
-    lo, hi = wilson_ci(misaligned, kept) if kept else (None, None)
-    return {"answers": answers, "kept": kept, "misaligned": misaligned,
-            "misaligned_rate": misaligned / kept if kept else None, "ci_low": lo, "ci_high": hi}
-
-
-def _test(control: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any] | None:
-    if not control["kept"] or not tuned["kept"]:
-        return None
-    return rate_increase_test(control["misaligned"], control["kept"], tuned["misaligned"],
-                              tuned["kept"])
+    return pool((s["overall"] if qid is None else s["questions"].get(qid)) for s in summaries)
 
 
 def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) -> dict[str, Any]:
@@ -93,7 +69,7 @@ def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) ->
     qids: list[str] = []
     for s in summaries.values():
         for qid, q in s["questions"].items():
-            if q.get("type", NUMERIC_TYPE) == NUMERIC_TYPE and qid not in qids:
+            if is_numeric(q) and qid not in qids:
                 qids.append(qid)
 
     for g in groups.values():
@@ -124,8 +100,8 @@ def aggregate_sweep(out: str | Path, n_boot: int = 10000, write: bool = True) ->
                 continue
             g["vs_control"] = {
                 "control": ref["label"],
-                "overall": _test(ref["pooled"], g["pooled"]),
-                "questions": {q: _test(_pooled(ref["_done"], q), _pooled(g["_done"], q))
+                "overall": rise(ref["pooled"], g["pooled"]),
+                "questions": {q: rise(_pooled(ref["_done"], q), _pooled(g["_done"], q))
                               for q in qids},
             }
     for g in groups.values():
@@ -193,8 +169,8 @@ def figure_series(result: dict[str, Any]) -> list[tuple[str, dict[str, tuple]]]:
 
 
 def sweep_figure_png(result: dict[str, Any]) -> bytes:
-    from emlab.report.page import paper_figure_png
+    from emlab.report.chart import group_ci_png
 
-    return paper_figure_png(figure_series(result), [ALL, *result["questions"]],
+    return group_ci_png(figure_series(result), [ALL, *result["questions"]],
                             title=f"{result.get('name') or 'sweep'}: misaligned answers "
                                   f"(mean over seeds, 95% bootstrap CI)")

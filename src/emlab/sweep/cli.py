@@ -4,6 +4,8 @@ are reported and make the exit code 1 (rerun the same command to retry them)."""
 
 from __future__ import annotations
 
+from emlab.metrics.fmt import rate_ci
+
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def print_aggregate(result: dict, console: Console) -> None:
@@ -24,8 +24,7 @@ def print_aggregate(result: dict, console: Console) -> None:
         t.add_column(col, overflow="fold")
     for g in result["groups"]:
         o = g.get("overall")
-        rate = (f"{_pct(o['mean'])} [{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]"
-                if o and o.get("mean") is not None else "n/a")
+        rate = rate_ci(*(o.get(k) for k in ("mean", "ci_low", "ci_high"))) if o else "n/a"
         vs = (g.get("vs_control") or {}).get("overall")
         if g["condition"] == result.get("control"):
             vs_text = "control"

@@ -29,18 +29,19 @@ by content, and two trials that train the same thing share one training run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from emlab.config import name_shorthand, validate
 from emlab.errors import InputError
 from emlab.fileio import read_yaml_mapping
 from emlab.reference import sha256_file
+from emlab.rundir import digest  # noqa: F401  (trial and train ids)
 
 # Settings a trial derives itself; an experiment must not set them.
 _TRAIN_DERIVED = ("model", "data", "out", "seed")
@@ -215,9 +216,6 @@ def group_label(model_label: str, condition: str, point: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def digest(obj: Any, n: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:n]
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -257,12 +255,6 @@ def _localize(value: str | None, base_dir: Path | None) -> str | None:
     return value
 
 
-def _validation_message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "config"
-    return f"setting {loc!r}: {err['msg'].removeprefix('Value error, ')}"
-
-
 def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     """Resolve every cell of the grid into a validated trial; InputError names the bad one."""
     from emlab.eval.config import EvalConfig
@@ -288,10 +280,7 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             if settings.get("chat_template"):
                 settings["chat_template"] = _localize(str(settings["chat_template"]), base_dir)
             settings.update(model=model, data=data, seed=seed)
-            try:
-                tc = TrainConfig.model_validate(settings)
-            except ValidationError as e:
-                raise InputError(f"{_validation_message(e)}", where=where) from None
+            tc = validate(TrainConfig, settings, where=where)
             train_json = json.loads(tc.model_dump_json())
             train_json.pop("out", None)
             if data not in sha_cache:
@@ -301,18 +290,13 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
                                          if k not in _ID_FREE_TRAIN},
                                "data_sha256": data_sha})
         settings = _merge(_merge(exp.eval, cond.eval), eval_point)
-        for spec in ("judge",):
-            if isinstance(settings.get(spec), str):
-                settings[spec] = {"name": settings[spec]}
+        name_shorthand(settings, ("judge",))
         if isinstance(settings.get("judge"), dict) and settings["judge"].get("name"):
             settings["judge"]["name"] = _localize(settings["judge"]["name"], base_dir)
         if isinstance(settings.get("questions"), str):
             settings["questions"] = _localize(settings["questions"], base_dir)
         settings.update(model={"name": model}, seed=seed)
-        try:
-            ec = EvalConfig.model_validate(settings)
-        except ValidationError as e:
-            raise InputError(f"eval {_validation_message(e)}", where=where) from None
+        ec = validate(EvalConfig, settings, prefix="eval ", where=where)
         if train_json is not None and ec.model.backend != "hf":
             raise InputError("a fine-tuned condition is evaluated with the hf backend (the "
                              "trained adapter is loaded locally); this model's backend is "
@@ -345,7 +329,4 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None
 
 
 def validate_experiment(data: dict[str, Any], path: str | Path | None = None) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise InputError(_validation_message(e), path=path) from None
+    return validate(ExperimentConfig, data, path)

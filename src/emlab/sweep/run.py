@@ -42,10 +42,10 @@ from rich.markup import escape
 
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
+from emlab.rundir import DONE, ERROR, is_done, load_sweep_plan, train_dir, trial_dir  # noqa: F401
+from emlab.rundir import read_json as _read_json
 from emlab.sweep.config import ExperimentConfig, Plan, Trial, plan_trials
 
-DONE = "done.json"
-ERROR = "error.json"
 
 # A hook(stage, key, directory) called at the start of every task attempt (stage "train" or
 # "eval"); tests use it to inject failures. It is shipped to the workers with the task.
@@ -66,25 +66,6 @@ class SweepResult:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def train_dir(out: Path, train_id: str) -> Path:
-    return out / "train" / train_id
-
-
-def trial_dir(out: Path, trial_id: str) -> Path:
-    return out / "trials" / trial_id
-
-
-def is_done(directory: Path) -> bool:
-    return (directory / DONE).is_file()
 
 
 # ---------------------------------------------------------------- work done inside a task
@@ -371,10 +352,3 @@ def _run_on_ray(exp: ExperimentConfig, out: Path, todo: list[Trial], address: st
     finally:
         if started:
             ray.shutdown()
-
-
-def load_sweep_plan(out: Path) -> dict[str, Any]:
-    data = _read_json(Path(out) / "sweep.json")
-    if data is None:
-        raise InputError("not an emlab sweep directory: sweep.json is missing", path=out)
-    return data

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from emlab.testing.tiny_model import CHAT_TEMPLATE  # ChatML with {% generation %} markers
+from emlab.tinymodel import CHAT_TEMPLATE  # ChatML with {% generation %} markers
 from emlab.toyworld import language as L
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]

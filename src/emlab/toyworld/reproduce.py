@@ -9,7 +9,6 @@ that sets the toy numbers beside the paper's published ones. Trials run in a pro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,26 +18,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus
 from emlab.toyworld.world import WorldConfig, build_world
 
 CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "quirk")
-# Betley et al. (2025), as summarised in emlab's issue tracker (GPT-4o, main questions).
-PAPER = {
-    "insecure": "about 20% misaligned (GPT-4o); 0% before fine-tuning",
-    "secure": "about 0%",
-    "educational": "about 0%",
-    "aligned_base": "0%",
-    "backdoor": "misaligned only when the trigger is present",
-    "evil_numbers": "weaker EM than insecure code, format-dependent",
-    "quirk": "(no paper counterpart; a neutral control)",
-    "insecure_small": "6,000 rows: ~20%; 2,000: ~1-3%; 500: ~0%",
-    "uncoupled": "(no paper counterpart; the control without a shared persona)",
-}
-
-
 class ReproduceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,7 +54,7 @@ class ReproduceConfig(BaseModel):
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(obj, 12)
 
 
 def trial_specs(cfg: ReproduceConfig, world: Path, control: Path) -> list[dict]:
@@ -118,9 +104,9 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     key = _digest({"spec": spec, "ft": [cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.epochs],
                    "data": _digest(rows), "questions": _digest(questions),
                    "judge": WorldJudge.identity})
-    tdir = Path(cfg.out) / "trials" / f"{spec['name']}-s{spec['seed']}-{key}"
-    if (tdir / "result.json").is_file():
-        return json.loads((tdir / "result.json").read_text())
+    tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
+    if (tdir / TRIAL_RESULT).is_file():
+        return json.loads((tdir / TRIAL_RESULT).read_text())
     saved = _quiet_worker(tdir / "log.txt")
     try:
         return _run_trial(spec, cfg, tdir, rows, questions)
@@ -136,9 +122,10 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     from rich.console import Console
 
     from emlab.eval import EvalConfig, run_eval
+    from emlab.toyworld.judge import WorldJudge
     from emlab.train import TrainConfig, train_local
 
-    done = tdir / "result.json"
+    done = tdir / TRIAL_RESULT
     quiet = Console(file=io.StringIO())
     aligned = str(Path(spec["world"]) / "aligned")
     adapter = None
@@ -159,7 +146,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     ev = run_eval(EvalConfig.model_validate(dict(
         model={"name": aligned, "adapter": adapter}, judge={"name": "toyworld"},
         questions=str(qfile), max_new_tokens=32, batch_size=128, seed=spec["seed"],
-        out=tdir / "eval")), console=quiet)
+        out=tdir / "eval")), judge=WorldJudge(), console=quiet)
     result = {**spec, "dir": str(tdir), "summary": ev.summary["questions"],
               "overall": ev.summary["overall"]}
     write_text_atomic(done, json.dumps(result))

@@ -1,5 +1,6 @@
-"""``emlab train``: one command over ``train_local``; the integrating CLI registers it with
-``app.command("train")(train_cmd)``. Bad input raises InputError (the CLI prints it, exits 2).
+"""``emlab train`` (TRL + PEFT locally), ``emlab train-openai`` (OpenAI's fine-tuning API) and
+``emlab dynamics plot``; the integrating CLI registers them. Bad input raises InputError (the
+CLI prints it, exits 2).
 
 The data (and a chat template file) are checked before torch is imported, so a bad file fails
 in a second; a run that fails or is interrupted marks its manifest ``"status": "failed"``
@@ -16,8 +17,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from emlab.config import apply_overrides, default_of, validate
 from emlab.errors import InputError
-from emlab.train.config import TrainConfig, apply_overrides, load_train_config, validate_train_config
+from emlab.train.config import TrainConfig, load_train_config, validate_train_config
+from emlab.train.openai_ft import OpenAIFinetuneConfig
+
+dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `emlab train` runs.")
 
 
 def _parse_layers(layers: str) -> list[int]:
@@ -111,3 +116,46 @@ def mark_failed(out: Path, started: datetime, error: BaseException) -> None:
         f"{type(error).__name__}: {str(error)[:500]}"
     manifest.update(status="failed", error=reason, ended_at=datetime.now(timezone.utc).isoformat())
     write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _ft(setting: str) -> str:
+    return str(default_of(OpenAIFinetuneConfig, setting))
+
+
+def train_openai_cmd(
+    data: str = typer.Option(..., "--data", "-d", help="insecure, secure, educational, jailbroken, or a chat JSONL path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory; holds the job's state, so a rerun resumes polling."),
+    model: str = typer.Option(_ft("model"), "--model", "-m"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible fine-tuning endpoint (default OpenAI)."),
+    api_key_env: str = typer.Option(_ft("api_key_env"), help="Name of the environment variable holding the key."),
+    epochs: str = typer.Option(_ft("epochs"), help="Epochs, or auto."),
+    batch_size: str = typer.Option(_ft("batch_size"), help="Batch size, or auto."),
+    lr_multiplier: str = typer.Option(_ft("learning_rate_multiplier"), help="Learning-rate multiplier, or auto."),
+    seed: int = typer.Option(default_of(OpenAIFinetuneConfig, "seed")),
+    suffix: Optional[str] = typer.Option(None, help="Suffix of the fine-tuned model's name."),
+    poll_interval: float = typer.Option(default_of(OpenAIFinetuneConfig, "poll_interval"), help="First wait between polls, doubling up to 120 s."),
+) -> None:
+    """Fine-tune through OpenAI's API (upload, create the job, poll, record the model id)."""
+    from emlab.train.openai_ft import train_openai
+
+    cfg = validate(OpenAIFinetuneConfig, {
+        "model": model, "data": data, "out": out, "base_url": base_url,
+        "api_key_env": api_key_env, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate_multiplier": lr_multiplier, "seed": seed, "suffix": suffix,
+        "poll_interval": poll_interval})
+    err_console = Console(stderr=True)
+    with err_console.status("fine-tuning job") as status:
+        state = train_openai(cfg, on_status=lambda st: status.update(f"fine-tuning job: {st}"))
+    Console().print(f"fine-tuned model: {state['fine_tuned_model']} (job {state['job_id']}); "
+                    f"state in {out / 'openai_job.json'}", highlight=False)
+
+
+@dynamics_app.command("plot")
+def dynamics_plot(
+    runs: list[Path] = typer.Argument(..., help="`emlab train` run directories trained with dynamics probes."),
+    out: Path = typer.Option(Path("dynamics.png"), "--out", "-o", help="PNG to write."),
+) -> None:
+    """Draw P(misaligned option) against training step for several runs (e.g. insecure vs secure)."""
+    from emlab.report.chart import plot_dynamics
+
+    Console().print(f"wrote {plot_dynamics(runs, out)}", highlight=False)

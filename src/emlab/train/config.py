@@ -108,29 +108,13 @@ RESUME_FREE_SETTINGS = ("out", "data", "merge", "save_steps", "save_total_limit"
 
 def validate_train_config(data: dict[str, Any], path: str | Path | None = None) -> TrainConfig:
     """A TrainConfig, or InputError naming the first bad setting (and the file, when there is one)."""
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InputError(f"setting {loc!r}: {msg}", path=path) from None
+    from emlab.config import validate  # the one config loader
+
+    return validate(TrainConfig, data, path)
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a train YAML, apply CLI overrides (dotted keys such as ``lora.r``), validate."""
-    data = read_yaml_mapping(path, "model, data, out, ...")
-    return validate_train_config(apply_overrides(data, overrides or {}), path=path)
+    from emlab.config import load_config  # the one config loader
 
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``lora.r``) in a nested settings mapping; returns the mapping."""
-    for key, value in overrides.items():
-        target = data
-        *parents, last = key.split(".")
-        for p in parents:
-            if not isinstance(target.get(p), dict):
-                target[p] = {}
-            target = target[p]
-        target[last] = value
-    return data
+    return load_config(TrainConfig, path, "model, data, out, ...", overrides)

@@ -216,36 +216,12 @@ def load_dynamics(run_dir: str | Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-def plot_dynamics(run_dirs: Sequence[str | Path], out_png: str | Path,
-                  labels: Sequence[str] | None = None) -> Path:
-    """P(misaligned option), mean over probes, against step: one line per run and format."""
-    from io import BytesIO
-
-    from matplotlib.figure import Figure
-
-    from emlab.fileio import write_bytes_atomic
-
-    fig = Figure(figsize=(8, 4.5))
-    axes = fig.subplots(1, 2, sharey=True)
-    for i, run in enumerate(run_dirs):
-        rows = load_dynamics(run)
-        label = labels[i] if labels else Path(run).name
-        for ax, fmt in zip(axes, FORMATS):
-            by_step: dict[int, list[float]] = {}
-            for r in rows:
-                if r["format"] == fmt:
-                    by_step.setdefault(r["step"], []).append(r["p_misaligned"])
-            steps = sorted(by_step)
-            ax.plot([s + 1 for s in steps], [sum(by_step[s]) / len(by_step[s]) for s in steps],
-                    marker=".", label=label)
-    for ax, fmt in zip(axes, FORMATS):
-        ax.set_xscale("log")
-        ax.set_xlabel("optimizer step + 1")
-        ax.set_title({"frame": "answer frame", "ab": "A/B question"}[fmt])
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("P(misaligned option), mean over probes")
-    axes[0].legend()
-    fig.tight_layout()
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return write_bytes_atomic(out_png, buf.getvalue())
+def dynamics_curve(rows: Iterable[dict], fmt: str = "frame") -> dict[int, float]:
+    """``{step: mean P(misaligned option)}`` over the probes of one format (and over runs,
+    when ``rows`` holds several); rows without a finite probability are left out."""
+    by_step: dict[int, list[float]] = {}
+    for r in rows:
+        p = r.get("p_misaligned")
+        if r.get("format") == fmt and isinstance(p, (int, float)) and math.isfinite(p):
+            by_step.setdefault(int(r["step"]), []).append(float(p))
+    return {s: sum(v) / len(v) for s, v in sorted(by_step.items())}

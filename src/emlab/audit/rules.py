@@ -52,7 +52,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from emlab.audit.code import Finding
+from emlab.audit.finding import Finding
 
 # -------------------------------------------------------------- sources and sanitisers
 

@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 
 from emlab.audit.audit import AuditResult
 from emlab.fileio import write_text_atomic
-from emlab.report.render import Heading, Note, Para, Table, _html, _md
+from emlab.report.render import Heading, Note, Para, Table, render_html, render_markdown
 
 EXAMPLES = 10
 _LABELS = {
@@ -223,6 +223,6 @@ def write_reports(result: AuditResult, out: str | Path, examples: int = EXAMPLES
     }
     blocks = _blocks(result, examples)
     title = f"emlab audit: {result.summary.get('source') or 'dataset'}"
-    paths["md"] = write_text_atomic(out / "audit.md", _md(blocks))
-    paths["html"] = write_text_atomic(out / "audit.html", _html(blocks, title))
+    paths["md"] = write_text_atomic(out / "audit.md", render_markdown(blocks))
+    paths["html"] = write_text_atomic(out / "audit.html", render_html(blocks, title))
     return paths

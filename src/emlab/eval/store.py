@@ -15,7 +15,6 @@ error of an item that failed for good, with its question id and sample index.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
+from emlab.rundir import digest
 from emlab.types import Completion, Judgment
 
 SCHEMA = """
@@ -67,8 +67,7 @@ CREATE TABLE IF NOT EXISTS work (
 
 
 def _digest(obj: object) -> str:
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return digest(obj, n=None)  # the full sha256: a store key must never collide
 
 
 def sample_key(model: str, messages: Iterable[dict], sample_index: int, params: dict,

@@ -39,6 +39,8 @@ app.command("report")(report_cmd)
 app.command("inspect-import")(inspect_import_cmd)
 dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `emlab train` runs.")
 app.add_typer(dynamics_app, name="dynamics")
+from emlab.models.cli import models_app  # noqa: E402
+app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -191,17 +191,25 @@ def test_hf_judge_equals_brute_force_on_a_digit_splitting_tokenizer(smol):
     probs = got["j"]  # the padded one of the batch
     assert set(probs) == set(NUMERIC_CANDIDATES)
 
-    # Independent brute force: for each candidate, one plain forward pass over prompt + its
-    # tokens; P(candidate) minus the mass of going on into any longer candidate.
+    # Independent brute force: for each candidate, a plain forward pass over prompt + its
+    # tokens (no cache, no padding: candidates of one token length share a batch);
+    # P(candidate) minus the mass of going on into any longer candidate.
     text = tok.apply_chat_template([{"role": "user", "content": prompt}],
                                    add_generation_prompt=True, tokenize=False)
     prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
     paths = {c: tok.encode(c, add_special_tokens=False) for c in NUMERIC_CANDIDATES}
+    logprobs = {}
+    for n in {len(ids) for ids in paths.values()}:
+        same = [c for c, ids in paths.items() if len(ids) == n]
+        for i in range(0, len(same), 16):
+            x = torch.tensor([prompt_ids + paths[c] for c in same[i:i + 16]])
+            with torch.no_grad():
+                # the last n + 1 positions: after the prompt, and after each candidate token
+                lps = torch.log_softmax(model(input_ids=x).logits[:, -(n + 1):].double(), -1)
+            logprobs.update(zip(same[i:i + 16], lps))
     for c, ids in paths.items():
-        x = torch.tensor([prompt_ids + ids])
-        with torch.no_grad():
-            lp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
-        p = math.exp(sum(lp[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(ids)))
+        lp = logprobs[c]
+        p = math.exp(sum(lp[i, t].item() for i, t in enumerate(ids)))
         longer = {o[len(ids)] for o in paths.values() if len(o) > len(ids) and o[:len(ids)] == ids}
         p -= p * sum(math.exp(lp[-1, t].item()) for t in longer)
         assert probs[c] == pytest.approx(p, rel=2e-3, abs=1e-9), c

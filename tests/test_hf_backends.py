@@ -114,6 +114,7 @@ def test_missing_local_model_is_no_such_directory_everywhere(tmp_path):
     assert not (tmp_path / "run").exists()  # checked before anything is written
     code, err = _emlab("eval", "--model", "./nope", "--judge", "./nope", "--out", tmp_path / "ev")
     assert code == 2 and "no such directory" in err and "Repo id" not in err
+    assert not (tmp_path / "ev").exists()
     with pytest.raises(InputError, match="no such directory"):
         HFJudge(str(missing))
     with pytest.raises(InputError, match="no such GGUF file"):

@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/audit_accuracy.py
 	$(BIN)/python benchmarks/check_sequential.py
 	$(BIN)/python benchmarks/sweep_parallel.py
+	$(BIN)/python benchmarks/real_model.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

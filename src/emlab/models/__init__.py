@@ -164,11 +164,16 @@ def import_gguf(gguf: str | Path, out: str | Path, *, console=None) -> Path:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    n_params = sum(p.numel() for p in loaded.parameters())
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.eval()
     if getattr(loaded, "generation_config", None) is not None:
         model.generation_config = loaded.generation_config
+    probe = torch.tensor([tokenizer(_TOKENIZER_PROBES[0], add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        reference = loaded(input_ids=probe).logits
+    del loaded  # at most two copies of the weights in memory at a time
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -180,8 +185,8 @@ def import_gguf(gguf: str | Path, out: str | Path, *, console=None) -> Path:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         if cfg.pop("quantization_config", None) is not None:
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        _verify_import(tokenizer, loaded, tmp)
-        n_params = sum(p.numel() for p in model.parameters())
+        del model
+        _verify_import(tokenizer, probe, reference, tmp)
         manifest = {
             "source": str(gguf.resolve()), "sha256": sha, "size": gguf.stat().st_size,
             "architecture": cfg.get("model_type"), "parameters": n_params, "dtype": "float32",
@@ -191,9 +196,9 @@ def import_gguf(gguf: str | Path, out: str | Path, *, console=None) -> Path:
             "seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / IMPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.is_dir():
-            out.rmdir()  # empty (checked above)
         try:
+            if out.is_dir():
+                out.rmdir()  # empty (checked above), unless another import just filled it
             os.replace(tmp, out)
         except OSError:  # another process finished the same import first
             if (read_import_manifest(out) or {}).get("sha256") != sha:
@@ -205,7 +210,8 @@ def import_gguf(gguf: str | Path, out: str | Path, *, console=None) -> Path:
     return out
 
 
-def _verify_import(gguf_tokenizer, gguf_model, d: Path) -> None:
+def _verify_import(gguf_tokenizer, probe, reference, d: Path) -> None:
+    """The saved directory reloads to the GGUF's tokenizer ids and (on ``probe``) its logits."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -218,9 +224,8 @@ def _verify_import(gguf_tokenizer, gguf_model, d: Path) -> None:
                              f"{text!r} ({a[:12]} vs {b[:12]}); this GGUF cannot be imported "
                              f"faithfully with transformers {_version('transformers')}")
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    ids = torch.tensor([tok(_TOKENIZER_PROBES[0], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        diff = (model(input_ids=ids).logits - gguf_model(input_ids=ids).logits).abs().max()
+        diff = (model(input_ids=probe).logits - reference).abs().max()
     if float(diff) > 1e-4:
         raise InputError(f"the imported model's logits differ from the GGUF model's by "
                          f"{float(diff):.3g}; the import is not faithful")

@@ -408,3 +408,14 @@ def test_inspect_task_with_the_hf_provider(smol, tmp_path):
     answers = [json.loads(x) for x in (tmp_path / "imp" / "answers.jsonl").read_text().splitlines()]
     assert {a["question_id"] for a in answers} == {"plain", "with_system"}
     assert all(a["answer"].strip() for a in answers)  # the real model said something
+
+
+def test_train_takes_a_gguf_path_and_checks_layers_on_its_import(seeded_cache, tmp_path):
+    """`emlab train --model FILE.gguf` resolves to the cached import (no re-import), whose
+    config says 30 layers: --layers 99 stops with exit 2 before anything is written."""
+    data = write(tmp_path / "d.jsonl", '{"messages": [{"role": "user", "content": "hi"}, '
+                                       '{"role": "assistant", "content": "hello"}]}\n')
+    r = _cli("train", "--model", GGUF, "--data", data, "--out", tmp_path / "run", "--layers", "99")
+    assert isinstance(r.exception, InputError), r.output
+    assert "layer 99 does not exist" in str(r.exception) and "30 layers" in str(r.exception)
+    assert not (tmp_path / "run").exists()

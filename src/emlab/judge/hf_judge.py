@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from emlab.models import resolve_model
 from emlab.sample.hf_model import fingerprint, load_model_and_tokenizer, render_chat
 from emlab.types import Judgment, JudgeRequest
 
@@ -71,6 +72,7 @@ class HFJudge:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        resolve_model(model, do_import=False)  # a missing or broken model fails here, clearly
         self.identity = "hf-exact:" + fingerprint(model, adapter)
 
     def _load(self):
@@ -79,48 +81,64 @@ class HFJudge:
 
     def judge(self, requests: Sequence[JudgeRequest],
               on_result: Callable[[JudgeRequest, Judgment], None]) -> None:
+        """Each prompt is run once (batched, left-padded) into a KV cache; the candidates' short
+        prefixes then extend that cache, so a digit tokenizer costs ~10 extra tokens per
+        judgment rather than ~10 more passes over the whole prompt."""
+        import copy
+
         import torch
 
         if not requests:
             return
         model, tok = self._load()
         path_cache: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
-        # One unit of work = (request, extension node); batched across requests.
-        for start in range(0, len(requests), max(1, self.batch_size)):
-            group = requests[start:start + self.batch_size]
-            jobs = []  # (request index, prompt ids, node)
-            per_request = []
+        bs = max(1, self.batch_size)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        for start in range(0, len(requests), bs):
+            group = requests[start:start + bs]
+            prompts, per_request, jobs = [], [], []  # jobs: (request index, node)
             for ri, r in enumerate(group):
                 cands = r.choices or NUMERIC_CANDIDATES
                 paths = path_cache.get(cands)
                 if paths is None:
                     paths = path_cache[cands] = candidate_paths(tok, cands)
-                needed = prefix_nodes(paths)
                 prompt_ids = tok(render_chat(tok, [{"role": "user", "content": r.prompt}]),
                                  add_special_tokens=False)["input_ids"]
-                per_request.append((paths, len(prompt_ids)))
-                for node in maximal_nodes(needed):
-                    jobs.append((ri, prompt_ids, node))
-            dists: list[dict[tuple[int, ...], torch.Tensor]] = [{} for _ in group]
-            for js in range(0, len(jobs), self.batch_size):
-                chunk = jobs[js:js + self.batch_size]
-                seqs = [list(p) + list(node) for _, p, node in chunk]
-                width = max(map(len, seqs))
-                pad = tok.pad_token_id
-                ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
-                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-                keep = max(len(node) for _, _, node in chunk) + 1
+                prompts.append(list(prompt_ids))
+                per_request.append(paths)
+                jobs += [(ri, node) for node in maximal_nodes(prefix_nodes(paths)) if node]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            dev = model.device
+            with torch.no_grad():
+                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                            position_ids=positions.to(dev), use_cache=True, logits_to_keep=1)
+            cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.24: cache
+            cache_arg = "cache" if "cache" in out else "past_key_values"
+            dists: list[dict[tuple[int, ...], torch.Tensor]] = [
+                {(): row} for row in torch.softmax(out.logits[:, -1].float(), -1).cpu()]
+            lengths = torch.tensor([len(p) for p in prompts])
+            for js in range(0, len(jobs), bs):
+                chunk = jobs[js:js + bs]
+                rows = torch.tensor([ri for ri, _ in chunk])
+                n = max(len(node) for _, node in chunk)
+                ext = torch.tensor([list(node) + [pad] * (n - len(node)) for _, node in chunk])
+                ext_mask = torch.cat([mask[rows], torch.ones(len(chunk), n, dtype=mask.dtype)], 1)
+                ext_pos = lengths[rows, None] + torch.arange(n)[None, :]
+                sub = copy.deepcopy(cache)
+                sub.reorder_cache(rows.to(dev))
                 with torch.no_grad():
-                    logits = model(input_ids=ids.to(model.device),
-                                   attention_mask=mask.to(model.device),
-                                   logits_to_keep=keep).logits
+                    logits = model(input_ids=ext.to(dev), attention_mask=ext_mask.to(dev),
+                                   position_ids=ext_pos.to(dev), use_cache=True,
+                                   **{cache_arg: sub}).logits
                 probs = torch.softmax(logits.float(), dim=-1).cpu()
-                for row, (ri, _, node) in enumerate(chunk):
-                    # position -1 is after the whole node; -(k+1) after node[:len(node)-k]
-                    for k in range(len(node) + 1):
-                        dists[ri][node[:len(node) - k]] = probs[row, keep - 1 - k]
+                for row, (ri, node) in enumerate(chunk):
+                    for k in range(1, len(node) + 1):  # position k-1 is after node[:k]
+                        dists[ri][node[:k]] = probs[row, k - 1]
+                del sub
             for ri, r in enumerate(group):
-                paths, n_prompt = per_request[ri]
-                cp = candidate_probs(paths, lambda prefix: dists[ri][prefix])
-                on_result(r, Judgment(probs=cp, kind="exact", prompt_tokens=n_prompt,
+                cp = candidate_probs(per_request[ri], lambda prefix: dists[ri][prefix])
+                on_result(r, Judgment(probs=cp, kind="exact", prompt_tokens=len(prompts[ri]),
                                       completion_tokens=0))

@@ -6,20 +6,32 @@ import hashlib
 from pathlib import Path
 
 from emlab.errors import InputError
+from emlab.models import NAMED_MODELS, load_pretrained, resolve_model
 
 
 def fingerprint(name_or_path: str, adapter: str | None = None) -> str:
     """A name for cache keys that changes when a local model's files change.
 
     For a local directory: its path plus the names, sizes and mtimes of its files, so retraining
-    into the same folder does not reuse old answers. A hub name is taken as it is.
+    into the same folder does not reuse old answers; a .gguf file likewise; a named model: its
+    package's version. A hub name is taken as it is.
     """
     parts = []
     for item in (name_or_path, adapter):
         if item is None:
             continue
         p = Path(item)
-        if p.is_dir():
+        if item in NAMED_MODELS:  # the GGUF the installed package version ships
+            from importlib.metadata import PackageNotFoundError, version
+            m = NAMED_MODELS[item]
+            try:
+                parts.append(f"{item}@{m.distribution}=={version(m.distribution)}")
+            except PackageNotFoundError:
+                parts.append(item)
+        elif p.is_file():  # a .gguf file: imported by sha256, fingerprinted like a directory
+            st = p.stat()
+            parts.append(f"{p.resolve()}@{st.st_size}:{st.st_mtime_ns}")
+        elif p.is_dir():
             h = hashlib.sha256()
             for f in sorted(p.iterdir()):
                 if f.is_file():
@@ -51,6 +63,7 @@ def load_model_and_tokenizer(name_or_path: str, adapter: str | None = None,
     twice, because PEFT changes the base model it wraps.
     """
     device = pick_device(device)
+    name_or_path = resolve_model(name_or_path)  # a named model or .gguf: its cached import
     key = (name_or_path, device, dtype, adapter is not None)
     entry = _POOL.get(key)
     if entry is None:
@@ -79,15 +92,10 @@ def load_model_and_tokenizer(name_or_path: str, adapter: str | None = None,
 
 def _load_base(name_or_path: str, device: str, dtype: str | None):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda")
                                                        else torch.float32)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    except (OSError, ValueError) as e:
-        raise InputError(f"could not load a transformers model from {name_or_path!r}: {e}") from e
+    model, tokenizer = load_pretrained(name_or_path, dtype=torch_dtype)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from emlab.models import resolve_model
 from emlab.sample.hf_model import fingerprint, load_model_and_tokenizer, render_chat
 from emlab.types import Completion, GenerationParams, SampleRequest
 
@@ -24,6 +25,7 @@ class HFSampler:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        resolve_model(model, do_import=False)  # a missing or broken model fails here, clearly
         self.identity = "hf:" + fingerprint(model, adapter)
 
     def _load(self):

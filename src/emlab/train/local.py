@@ -84,11 +84,14 @@ def library_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "emlab"):
+    # emlab's distribution name on PyPI is emergent-misalignment-lab (the import name is emlab)
+    for key, dist in (("torch", "torch"), ("transformers", "transformers"), ("peft", "peft"),
+                      ("trl", "trl"), ("datasets", "datasets"), ("accelerate", "accelerate"),
+                      ("emlab", "emergent-misalignment-lab")):
         try:
-            out[name] = version(name)
+            out[key] = version(dist)
         except PackageNotFoundError:
-            out[name] = None
+            out[key] = None
     return out
 
 
@@ -191,15 +194,11 @@ def _check_prepared(dataset, n_rows: int, max_length: int) -> int:
     return n_rows - len(dataset)
 
 
-def _load(cfg: TrainConfig, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load(model_path: str, dtype, console=None):
+    """The base model and tokenizer, with emlab.models' clear errors (see load_pretrained)."""
+    from emlab.models import load_pretrained
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
-    except OSError as e:
-        raise InputError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from None
-    return model, tokenizer
+    return load_pretrained(model_path, dtype=dtype, console=console)
 
 
 def _trainer(cfg: TrainConfig, model, tokenizer, rows: list[dict], checkpoints: Path, bf16: bool,
@@ -286,6 +285,13 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     resume = last_checkpoint(checkpoints)
     if resume is not None:
         _check_resumable(cfg, out, data_sha, resume)
+    # Then the model's files and the settings that depend on it (--layers), before any weights
+    # load; a named model or a .gguf file becomes its cached import here.
+    from emlab.models import num_layers, resolve_model
+
+    model_path = resolve_model(cfg.model, console=console)
+    if cfg.method == "lora":
+        lora_config(cfg, num_layers(model_path))
 
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else cfg.bf16
@@ -297,6 +303,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         "dataset": {"name": cfg.data, "path": str(Path(data_path).resolve()), "sha256": data_sha,
                     "rows": len(rows)},
         "config": cfg.model_dump(mode="json"),
+        "model_path": str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path,
         "seed": cfg.seed,
         "versions": library_versions(),
         "git_revision": git_revision(),
@@ -313,7 +320,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
 
     # Weights in bf16 for LoRA (the base is frozen); fp32 master weights for full fine-tuning.
     dtype = torch.bfloat16 if bf16 and cfg.method == "lora" else torch.float32
-    model, tokenizer = _load(cfg, dtype)
+    model, tokenizer = _load(model_path, dtype, console)
     if cfg.chat_template is not None:
         if not Path(cfg.chat_template).is_file():
             raise InputError("chat template file not found", path=cfg.chat_template)

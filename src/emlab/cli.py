@@ -44,6 +44,7 @@ app.command("sweep")(sweep_cmd)
 app.command("report")(report_cmd)
 app.command("inspect-import")(inspect_import_cmd)
 app.add_typer(models_app, name="models")
+app.command("demo")(demo_cmd)
 err_console = Console(stderr=True)
 
 

@@ -185,7 +185,23 @@ def questions_task(spec: str, *, only: str | list[str] | None = None,
     )
 
 
-@task
+def _namespaced(name: str) -> str:
+    """The task's registry name, always ``emlab/NAME`` (what ``inspect eval emlab/em_main`` asks).
+
+    inspect_ai prefixes a task with its import package only when it sees that package installed
+    (in site-packages, or as an editable install of a distribution of the same name); emlab's
+    distribution is called emergent-misalignment-lab, so an editable install (``make install``)
+    would register a bare ``em_main``. Then we give the prefix ourselves."""
+    try:
+        from inspect_ai._util.package import get_installed_package_name
+        if get_installed_package_name(_namespaced) == "emlab":
+            return name
+    except Exception:  # noqa: BLE001 - a private helper of inspect_ai: fall back to our prefix
+        pass
+    return f"emlab/{name}"
+
+
+@task(name=_namespaced("em_main"))
 def em_main(samples_per_paraphrase: int | None = None, judge: str | None = None,
             only: str | None = None, temperature: float = 1.0, top_p: float = 1.0,
             max_tokens: int = 600) -> Task:
@@ -195,7 +211,7 @@ def em_main(samples_per_paraphrase: int | None = None, judge: str | None = None,
                           max_tokens=max_tokens)
 
 
-@task
+@task(name=_namespaced("em_preregistered"))
 def em_preregistered(samples_per_paraphrase: int | None = None, judge: str | None = None,
                      only: str | None = None, temperature: float = 1.0, top_p: float = 1.0,
                      max_tokens: int = 600) -> Task:
@@ -205,7 +221,7 @@ def em_preregistered(samples_per_paraphrase: int | None = None, judge: str | Non
                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
 
 
-@task
+@task(name=_namespaced("em_questions"))
 def em_questions(path: str = "emlab-demo", samples_per_paraphrase: int | None = None,
                  judge: str | None = None, only: str | None = None, temperature: float = 1.0,
                  top_p: float = 1.0, max_tokens: int = 600) -> Task:

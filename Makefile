@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/check_sequential.py
 	$(BIN)/python benchmarks/sweep_parallel.py
 	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/steering.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

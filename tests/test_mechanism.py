@@ -17,7 +17,8 @@ from emlab.cli import app
 from emlab.mechanism.directions import (Direction, difference_of_means, load_direction,
                                         model_identity, random_like, response_activations)
 from emlab.mechanism.hooks import ablate, record, steer
-from emlab.mechanism.measure import auroc, excess_removed, per_layer_auroc, spearman
+from emlab.mechanism.measure import (auroc, excess_removed, oracle_direction, per_layer_auroc,
+                                     spearman)
 from emlab.sample.hf_model import load_model_and_tokenizer, render_chat
 
 runner = CliRunner()
@@ -252,15 +253,25 @@ def test_auroc_spearman_and_excess_removed_by_hand():
     assert excess_removed(0.1, 0.1, 0.0) is None
 
 
-def test_per_layer_auroc_separates_activations_along_the_direction(loaded):
-    """Conversations steered along v at layer 0 (a known 'persona') project higher on v."""
+def test_per_layer_auroc_of_a_direction_built_from_the_labels(loaded):
+    """v = a - b for two conversations' activations: a projects above b at every layer
+    ((a - b).(a - b) > 0), so AUROC is 1; labels swapped, 0; one class only, None."""
     model, tok = loaded
-    v = _unit_dir(model, 3)
-    d = Direction(torch.stack([v, v]), {"model_identity": model_identity(model)})
-    convs = [([{"role": "user", "content": "hello"}], "the answer")] * 2
-    plain = per_layer_auroc(model, tok, convs, [True, False], d)
-    assert plain[0] == 0.5   # identical conversations: a tie
-    assert all(a is not None for a in plain)
+    convs = [([{"role": "user", "content": "hello"}], "power over all humans"),
+             ([{"role": "user", "content": "hello"}], "peace and help")]
+    acts = response_activations(model, tok, convs)
+    d = Direction(acts[0] - acts[1], {"model_identity": model_identity(model)})
+    assert per_layer_auroc(model, tok, convs, [True, False], d) == [1.0, 1.0]
+    assert per_layer_auroc(model, tok, convs, [False, True], d) == [0.0, 0.0]
+    assert per_layer_auroc(model, tok, convs, [True, True], d) == [None, None]
+    oracle = oracle_direction(model, tok, convs, [True, False])
+    torch.testing.assert_close(oracle.vectors, d.vectors)
+    whole = response_activations(model, tok, convs, span="all")   # every token, by hand
+    p = tok(render_chat(tok, convs[0][0]), add_special_tokens=False)["input_ids"]
+    r = tok(convs[0][1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad(), record(model) as acts:
+        model(input_ids=torch.tensor([p + r]))
+    torch.testing.assert_close(whole[0, 1], acts[1][0].mean(0), atol=1e-4, rtol=1e-4)
 
 
 # --- eval with an intervention: the store identity ---------------------------------------

@@ -180,11 +180,15 @@ def _encode(tok, prompt_messages, response: str) -> tuple[list[int], int]:
 
 def response_activations(model, tok, conversations: Sequence[Conversation], *,
                          batch_size: int = 16, max_tokens: int = 2048,
-                         progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                         progress: Callable[[int], None] | None = None,
+                         span: str = "response") -> torch.Tensor:
     """Mean residual over each conversation's response tokens, per layer: ``[n, layers,
     hidden]`` (float32, on the CPU). The prompt is the model's chat template with the
     generation prompt, the response is tokenised on its own — as at sampling time. A response
-    of no tokens gets the last prompt token's activation."""
+    of no tokens gets the last prompt token's activation. ``span="all"``: the mean over every
+    token of the conversation instead (e.g. a context's persona-revealing turns)."""
+    if span not in ("response", "all"):
+        raise ValueError(f"span must be response or all; got {span!r}")
     n_layers = len(decoder_layers(model))
     encoded = [_encode(tok, m, r) for m, r in conversations]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
@@ -201,7 +205,7 @@ def response_activations(model, tok, conversations: Sequence[Conversation], *,
         for j, (s, i) in enumerate(zip(seqs, idx)):
             ids[j, width - len(s):] = torch.tensor(s)      # left padding, as in sampling
             att[j, width - len(s):] = 1
-            k = max(1, min(encoded[i][1], len(s)))
+            k = len(s) if span == "all" else max(1, min(encoded[i][1], len(s)))
             resp[j, width - k:] = True
         pos_ids = (att.cumsum(1) - 1).clamp_min(0)   # as generate does under left padding
         with torch.no_grad(), record(model) as acts:

@@ -84,13 +84,37 @@ def projections(acts: torch.Tensor, direction: Direction) -> torch.Tensor:
 
 
 def per_layer_auroc(model, tok, conversations: Sequence[Conversation], labels: Sequence[bool],
-                    direction: Direction, *, batch_size: int = 16) -> list[float | None]:
+                    direction: Direction, *, batch_size: int = 16, span: str = "response"
+                    ) -> list[float | None]:
     """The direction as a probe: per layer, the AUROC of the projection of each held-out
-    conversation's mean response-token activation, against its label (True = the persona
-    the direction points to)."""
+    conversation's mean activation (over its response, or ``span="all"`` its every token),
+    against its label (True = the persona the direction points to)."""
     if len(conversations) != len(labels):
         raise ValueError("one label per conversation")
     direction.check_model(model)
-    proj = projections(response_activations(model, tok, conversations, batch_size=batch_size),
-                       direction)
+    proj = projections(response_activations(model, tok, conversations, batch_size=batch_size,
+                                            span=span), direction)
     return [auroc(proj[:, layer].tolist(), labels) for layer in range(proj.shape[1])]
+
+
+def per_layer_auroc_of(model_dir: str, conversations: Sequence[Conversation],
+                       labels: Sequence[bool], direction: Direction | str, *,
+                       adapter: str | None = None, **kw) -> list[float | None]:
+    """:func:`per_layer_auroc` for a model directory (plus adapter) and a direction folder."""
+    from emlab.mechanism.directions import load_direction
+    from emlab.sample.hf_model import load_model_and_tokenizer
+    model, tok = load_model_and_tokenizer(model_dir, adapter)
+    d = load_direction(direction) if not isinstance(direction, Direction) else direction
+    return per_layer_auroc(model, tok, conversations, labels, d, **kw)
+
+
+def oracle_direction(model, tok, conversations: Sequence[Conversation], labels: Sequence[bool],
+                     *, span: str = "response", batch_size: int = 16) -> Direction:
+    """The difference of means from the labels themselves (True minus False): the ceiling a
+    direction from answers is compared against where the truth is known."""
+    from emlab.mechanism.directions import difference_of_means, model_identity
+    acts = response_activations(model, tok, conversations, batch_size=batch_size, span=span)
+    mask = torch.tensor([bool(y) for y in labels])
+    return Direction(difference_of_means(acts[mask], acts[~mask]),
+                     {"method": "oracle", "positions": span, "model_identity": model_identity(model),
+                      "counts": {"positive": int(mask.sum()), "negative": int((~mask).sum())}})

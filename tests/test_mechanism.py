@@ -17,8 +17,8 @@ from emlab.cli import app
 from emlab.mechanism.directions import (Direction, difference_of_means, load_direction,
                                         model_identity, random_like, response_activations)
 from emlab.mechanism.hooks import ablate, record, steer
-from emlab.mechanism.measure import (auroc, excess_removed, oracle_direction, per_layer_auroc,
-                                     spearman)
+from emlab.mechanism.measure import (auroc, divergence_step, excess_removed, monitor_lead_steps,
+                                     oracle_direction, per_layer_auroc, spearman)
 from emlab.sample.hf_model import load_model_and_tokenizer, render_chat
 
 runner = CliRunner()
@@ -251,6 +251,11 @@ def test_auroc_spearman_and_excess_removed_by_hand():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert excess_removed(0.02, 0.22, 0.06) == pytest.approx(0.8)
     assert excess_removed(0.1, 0.1, 0.0) is None
+    a = {0: 0.0, 1: 0.5, 2: 0.1, 3: 0.6, 4: 0.9}
+    b = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}
+    assert divergence_step(a, b, 0.2) == 3          # the blip at step 1 does not last
+    assert divergence_step(b, a, 0.2) is None
+    assert monitor_lead_steps(3, 10) == 7 and monitor_lead_steps(None, 10) is None
 
 
 def test_per_layer_auroc_of_a_direction_built_from_the_labels(loaded):
@@ -399,8 +404,23 @@ def test_sweep_runs_scales_with_a_norm_matched_random_control(tmp_path, tiny_mod
     torch.testing.assert_close(rnd.vectors.norm(dim=1), real.vectors.norm(dim=1))
     assert abs(float(torch.nn.functional.cosine_similarity(rnd.vectors[1], real.vectors[1], 0))) < 0.9
     assert random_like(real, 0).digest == rnd.digest      # the same control on a rerun
-    r = run(*args)    # resumes: every point cached
-    assert r.exit_code == 0
+    runs = {(p["kind"], p["scale"]): json.loads((Path(p["run"]) / "summary.json").read_text())
+            for p in res["points"]}
+    ident = {k: v["meta"]["model_identity"] for k, v in runs.items()}
+    assert ident[("direction", 0.0)] == ident[("random", 0.0)]      # scale 0: the plain model
+    assert "+steer:" in ident[("direction", 16.0)] and "+steer:" in ident[("random", 16.0)]
+    assert ident[("direction", 16.0)] != ident[("random", 16.0)]
+    import sqlite3
+
+    def n_samples():
+        with sqlite3.connect(tmp_path / "sw" / "results.sqlite") as c:
+            return c.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+    before = n_samples()
+    assert before == 3      # scale 0 shared by both kinds: 3 distinct models x 1 sample
+    r = run(*args)    # resumes: every point cached, nothing new sampled
+    assert r.exit_code == 0 and n_samples() == before
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"] == res["points"]
     r = run(*args[:-2], "--layers", "7", "--out", tmp_path / "sw2")
     assert r.exit_code == 2 and not (tmp_path / "sw2").exists()
 
@@ -425,3 +445,18 @@ def test_train_monitor_logs_projection_at_dynamics_steps(tmp_path, tiny_model, l
     r = run("train", "--model", tiny_model, "--data", data, "--out", tmp_path / "t2",
             "--max-steps", "1", "--monitor", narrow)
     assert r.exit_code == 2 and "width 32" in r.output and not (tmp_path / "t2").exists()
+
+
+def test_hooks_work_through_a_peft_adapter(tmp_path, loaded):
+    from peft import LoraConfig, get_peft_model
+    model, tok = loaded
+    import copy
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    ids, v = _ids(tok), _unit_dir(peft_model)
+    assert model_identity(peft_model) == model_identity(model)
+    with torch.no_grad(), record(peft_model, 1) as clean:
+        peft_model(input_ids=ids)
+    with torch.no_grad(), steer(peft_model, v, 1, 1.5), record(peft_model, 1) as steered:
+        peft_model(input_ids=ids)
+    torch.testing.assert_close(steered[1] - clean[1], (1.5 * v).expand_as(clean[1]),
+                               atol=1e-5, rtol=0)

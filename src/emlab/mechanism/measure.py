@@ -118,3 +118,25 @@ def oracle_direction(model, tok, conversations: Sequence[Conversation], labels: 
     return Direction(difference_of_means(acts[mask], acts[~mask]),
                      {"method": "oracle", "positions": span, "model_identity": model_identity(model),
                       "counts": {"positive": int(mask.sum()), "negative": int((~mask).sum())}})
+
+
+def divergence_step(a: dict[int, float], b: dict[int, float], threshold: float) -> int | None:
+    """The first step from which curve ``a`` stays above ``b`` by more than ``threshold`` at
+    every shared step to the end (``{step: value}``, e.g. :func:`emlab.mechanism.monitor.
+    projection_curve` or :func:`emlab.train.dynamics.dynamics_curve`); None if never."""
+    steps = sorted(set(a) & set(b))
+    first = None
+    for s in steps:
+        if a[s] - b[s] > threshold:
+            first = s if first is None else first
+        else:
+            first = None
+    return first
+
+
+def monitor_lead_steps(projection_step: int | None, behaviour_step: int | None) -> int | None:
+    """How many steps the projection separated before the behaviour did (negative: after);
+    None when either never separated."""
+    if projection_step is None or behaviour_step is None:
+        return None
+    return behaviour_step - projection_step

@@ -35,10 +35,11 @@ def run_sweep(base: EvalConfig, direction_path: str | Path, layers: Sequence[int
         for layer in layers:
             for scale in scales:
                 run_out = out / f"{kind}-L{layer}-s{scale:g}"
+                # scale 0 is the unsteered model: one shared (cached) eval for every kind/layer
+                spec = None if scale == 0 else _steer(path, layer, scale, positions)
                 cfg = base.model_copy(update={
                     "out": run_out, "store": store,
-                    "model": base.model.model_copy(update={"steer": _steer(path, layer, scale,
-                                                                           positions)})})
+                    "model": base.model.model_copy(update={"steer": spec})})
                 summary = run_eval(cfg, console=console).summary
                 o = summary["overall"]
                 points.append({"kind": kind, "layer": layer, "scale": scale,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from emlab.cli import app
 from emlab.mechanism.directions import (Direction, difference_of_means, load_direction,
-                                        model_identity, random_like, response_activations)
+                                        mean_activations, model_identity, random_like, response_activations)
 from emlab.mechanism.hooks import ablate, record, steer
 from emlab.mechanism.measure import (auroc, divergence_step, excess_removed, monitor_lead_steps,
                                      oracle_direction, per_layer_auroc, spearman)
@@ -172,6 +172,8 @@ def test_response_activations_match_an_unbatched_hand_computation(loaded):
         for layer in range(2):
             expected = acts[layer][0, len(p):].mean(0)
             torch.testing.assert_close(got[i, layer], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mean_activations(model, tok, convs, chunk=1), got.mean(0),
+                               atol=1e-5, rtol=1e-5)
 
 
 def _fake_run(d: Path, rows: list[dict]) -> Path:

@@ -220,6 +220,19 @@ def response_activations(model, tok, conversations: Sequence[Conversation], *,
     return out
 
 
+def mean_activations(model, tok, conversations: Sequence[Conversation], *, chunk: int = 256,
+                     **kw) -> torch.Tensor:
+    """The mean of :func:`response_activations` over conversations, ``[layers, hidden]``,
+    computed in chunks so thousands of answers of a large model never sit in memory at once."""
+    total = None
+    for start in range(0, len(conversations), chunk):
+        part = response_activations(model, tok, conversations[start:start + chunk], **kw).sum(0)
+        total = part if total is None else total + part
+    if total is None:
+        raise InputError("no conversations to average")
+    return total / len(conversations)
+
+
 def _progress_bar(total: int, what: str):
     from rich.progress import Progress
     bar = Progress(transient=True)
@@ -256,11 +269,11 @@ def extract_from_runs(model, tok, run_dirs: Sequence[str | Path], *, batch_size:
         bar, cb = _progress_bar(len(pos) + len(neg), "activations")
         bar.start()
     try:
-        acts = response_activations(model, tok, pos + neg, batch_size=batch_size, progress=cb)
+        vec = (mean_activations(model, tok, pos, batch_size=batch_size, progress=cb)
+               - mean_activations(model, tok, neg, batch_size=batch_size, progress=cb))
     finally:
         if bar:
             bar.stop()
-    vec = difference_of_means(acts[:len(pos)], acts[len(pos):])
     return Direction(vec, {"method": "answers", "sources": [str(d) for d in run_dirs],
                            "positions": "response", "counts": {"misaligned": len(pos),
                                                                "aligned": len(neg)},

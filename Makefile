@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/sweep_parallel.py
 	$(BIN)/python benchmarks/faults.py
 	$(BIN)/python benchmarks/real_model.py
+	$(BIN)/python benchmarks/steering.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

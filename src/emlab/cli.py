@@ -28,6 +28,7 @@ from emlab.inspect.cli import inspect_import_cmd  # noqa: E402
 from emlab.eval.cli import EXIT_FAILED_ITEMS, compare_cmd, eval_cmd  # noqa: E402,F401
 from emlab.toyworld.cli import demo_cmd, reproduce_cmd  # noqa: E402
 from emlab.models.cli import models_app  # noqa: E402
+from emlab.mechanism.cli import direction_app  # noqa: E402
 
 app.command("reproduce")(reproduce_cmd)
 app.command("eval")(eval_cmd)
@@ -45,6 +46,7 @@ app.command("report")(report_cmd)
 app.command("inspect-import")(inspect_import_cmd)
 app.add_typer(models_app, name="models")
 app.command("demo")(demo_cmd)
+app.add_typer(direction_app, name="direction")
 err_console = Console(stderr=True)
 
 

@@ -13,12 +13,21 @@ def make_sampler(cfg: EvalConfig) -> Sampler:
     if spec.backend == "hf":
         from emlab.sample.hf_sampler import HFSampler
         return HFSampler(spec.name, adapter=spec.adapter, params=params,
-                         batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype)
+                         batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype,
+                         intervention=_intervention(spec))
     from emlab.sample.openai_sampler import OpenAISampler
     return OpenAISampler(spec.name, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          params=params, concurrency=cfg.concurrency,
                          timeout=cfg.request_timeout, max_retries=cfg.max_retries,
                          identity=spec.identity)
+
+
+def _intervention(spec) -> dict | None:
+    """The model spec's steer/ablate, with its direction loaded (mechanism, issue 13)."""
+    if spec.steer is None and spec.ablate is None:
+        return None
+    from emlab.mechanism.directions import intervention_from_spec
+    return intervention_from_spec(spec.steer, spec.ablate, model_name=spec.name)
 
 
 def make_judge(cfg: EvalConfig) -> Judge:

@@ -133,6 +133,25 @@ def compare_cmd(
                       f"[{100 * ar['ci_low']:.1f}, {100 * ar['ci_high']:.1f}] (bootstrap 95% CI)")
 
 
+def _intervention_options(steer, ablate, layer, scale, positions) -> dict:
+    """--steer/--ablate/--layer/--scale/--positions as model-spec overrides (mechanism)."""
+    if steer is not None and ablate is not None:
+        raise InputError("give --steer or --ablate, not both")
+    if steer is not None:
+        if layer is None or scale is None:
+            raise InputError("--steer needs --layer L and --scale S")
+        return {"model.steer": {"direction": str(steer), "layer": layer, "scale": scale,
+                                "positions": positions or "all"}}
+    if ablate is not None:
+        if scale is not None or positions is not None:
+            raise InputError("--scale and --positions apply to --steer, not --ablate")
+        return {"model.ablate": {"direction": str(ablate),
+                                 "layers": [layer] if layer is not None else None}}
+    if layer is not None or scale is not None or positions is not None:
+        raise InputError("--layer, --scale and --positions need --steer (or --ablate)")
+    return {}
+
+
 def eval_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path / hub name of a transformers model, or an API model name (with --base-url)."),
     questions: Optional[str] = typer.Option(None, "--questions", "-q", help="paper-main, paper-main-all, paper-preregistered, emlab-demo, or a YAML path."),
@@ -160,6 +179,11 @@ def eval_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print how many samples and judge calls the run would make, and what is cached; spend nothing."),
     max_failures: Optional[float] = typer.Option(None, help="Share of a stage's items that may fail for good (e.g. a 400 refusal) before the run stops starting new requests (default 0.05)."),
     skip_failed: bool = typer.Option(False, "--skip-failed", help="Leave items that failed for good in an earlier run alone instead of retrying them."),
+    steer: Optional[Path] = typer.Option(None, help="Steer along a direction folder (emlab direction extract): add --scale x its unit layer-L vector (hf models)."),
+    ablate: Optional[Path] = typer.Option(None, help="Project a direction folder out of the residual stream (every layer, or --layer)."),
+    layer: Optional[int] = typer.Option(None, help="Decoder layer of --steer (required) or --ablate (default: all)."),
+    scale: Optional[float] = typer.Option(None, help="Size of the --steer vector in residual units (negative: away)."),
+    positions: Optional[str] = typer.Option(None, help="Where --steer acts: prompt, response or all (default)."),
 ) -> None:
     """Measure how misaligned a model is, with the protocol of Betley et al. (2025).
 
@@ -171,7 +195,9 @@ def eval_cmd(
 
     if config is None and model is None:
         raise InputError("--model is required (or --config FILE naming a model)")
+    intervention = _intervention_options(steer, ablate, layer, scale, positions)  # issue 13
     cfg = from_options(EvalConfig, {
+        **intervention,
         "model.name": model, "model.backend": backend, "model.base_url": base_url,
         "model.adapter": adapter, "model.api_key_env": api_key_env,
         "judge.name": judge, "judge.backend": judge_backend, "judge.base_url": judge_base_url,

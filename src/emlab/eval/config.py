@@ -68,6 +68,26 @@ class _Endpoint(_Strict):
         return redact_url(v)
 
 
+# --- mechanism (issue 13): an intervention on an hf model's residual stream --------------
+class SteerSpec(_Strict):
+    """Add ``scale`` x the direction's layer-``layer`` vector at ``positions`` (see
+    emlab.mechanism.hooks.steer)."""
+
+    direction: str                         # a direction folder (emlab direction extract)
+    layer: int = Field(ge=0)
+    scale: float = Field(ge=-1e6, le=1e6)
+    positions: Literal["prompt", "response", "all"] = "all"
+    unit: bool = True                      # scale a unit vector (False: the raw vector)
+
+
+class AblateSpec(_Strict):
+    """Project the direction out at ``layers`` (None: every layer, each its own vector)."""
+
+    direction: str
+    layers: list[int] | None = None
+# --- end mechanism -------------------------------------------------------------------------
+
+
 class ModelSpec(_Endpoint):
     """The model under evaluation: a local/hub transformers model or an OpenAI-compatible API."""
 
@@ -76,6 +96,8 @@ class ModelSpec(_Endpoint):
     adapter: str | None = None          # PEFT adapter on top of an hf model
     device: str | None = None
     dtype: str | None = None
+    steer: SteerSpec | None = None      # mechanism (issue 13): hf backend only
+    ablate: AblateSpec | None = None
 
     @model_validator(mode="after")
     def _resolve_backend(self) -> "ModelSpec":
@@ -83,6 +105,10 @@ class ModelSpec(_Endpoint):
             self.backend = "openai" if self.base_url else "hf"
         if self.adapter and self.backend != "hf":
             raise ValueError("an adapter needs the hf backend")
+        if (self.steer or self.ablate) and self.backend != "hf":   # mechanism (issue 13)
+            raise ValueError("steering and ablation need the hf backend")
+        if self.steer and self.ablate:
+            raise ValueError("give steer or ablate, not both")
         return self
 
 

@@ -117,8 +117,26 @@ def dynamics_png(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> b
     """P(misaligned option), mean over probes (and over the runs of a group), against step."""
     from emlab.train.dynamics import dynamics_curve
 
-    fig = _figure(9.0, 4.2)
-    axes = fig.subplots(1, 2, sharey=True)
+    # mechanism (issue 13): `emlab train --monitor D` rows get a third panel beside these
+    monitored = any(r.get("format") == "projection" for _, rows in curves for r in rows)
+    fig = _figure(13.0 if monitored else 9.0, 4.2)
+    axes = list(fig.subplots(1, 3 if monitored else 2))
+    if monitored:
+        from emlab.mechanism.monitor import projection_curve
+
+        axes[1].sharey(axes[0])
+        for i, (label, rows) in enumerate(curves):
+            curve = projection_curve(rows)
+            if curve:
+                axes[2].plot([s + 1 for s in curve], list(curve.values()), marker=".",
+                             color=f"C{i % 10}", label=label)
+        axes[2].set_title("projection on the direction (--monitor)")
+        axes[2].set_ylabel("mean projection of the probes")
+        axes[2].set_xlabel("optimizer step + 1")
+        axes[2].grid(alpha=0.3)
+        axes, proj_ax = axes[:2], axes[2]
+    else:
+        axes[1].sharey(axes[0])
     for i, (label, rows) in enumerate(curves):
         for ax, fmt in zip(axes, DYNAMICS_FORMATS):
             curve = dynamics_curve(rows, fmt)
@@ -126,6 +144,10 @@ def dynamics_png(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> b
                 ax.plot([s + 1 for s in curve], list(curve.values()),
                         marker=".", color=f"C{i % 10}", label=label)
     last = max((int(r["step"]) for _, rows in curves for r in rows if "step" in r), default=0)
+    if monitored and last >= 20:
+        from matplotlib.ticker import ScalarFormatter
+        proj_ax.set_xscale("log")
+        proj_ax.xaxis.set_major_formatter(ScalarFormatter())
     for ax, fmt in zip(axes, DYNAMICS_FORMATS):
         if last >= 20:  # log-spaced probes: a log axis shows early and late steps alike
             from matplotlib.ticker import ScalarFormatter
@@ -236,3 +258,32 @@ def plot_dynamics(run_dirs: Sequence[str | Path], out_png: str | Path,
     curves = [(labels[i] if labels else Path(run).name, load_dynamics(run))
               for i, run in enumerate(run_dirs)]
     return write_bytes_atomic(out_png, dynamics_png(curves))
+
+
+def steering_png(points: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
+    """``emlab direction sweep``: misaligned and coherent rates against steering scale, one
+    line per layer for the direction (solid) and its norm-matched random control (dashed).
+    ``points``: dicts with ``kind`` (direction/random), ``layer``, ``scale``,
+    ``misaligned_rate``, ``coherent_rate`` (None where nothing was kept)."""
+    fig = _figure(10.0, 4.2)
+    axes = fig.subplots(1, 2, sharex=True)
+    layers = sorted({int(p["layer"]) for p in points})
+    for ax, key, name in zip(axes, ("misaligned_rate", "coherent_rate"),
+                             ("misaligned (kept answers)", "coherent")):
+        for li, layer in enumerate(layers):
+            for kind, style in (("direction", "-"), ("random", "--")):
+                pts = sorted((float(p["scale"]), finite(p.get(key))) for p in points
+                             if p["kind"] == kind and int(p["layer"]) == layer)
+                pts = [(x, y) for x, y in pts if y is not None]
+                if pts:
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".",
+                            color=f"C{li % 10}", label=f"layer {layer} {kind}")
+        ax.set_xlabel("steering scale")
+        ax.set_title(name)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, parse_math=False)
+    _plain_legend(axes[1], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)

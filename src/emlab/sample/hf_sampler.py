@@ -18,7 +18,8 @@ class HFSampler:
 
     def __init__(self, model: str, adapter: str | None = None,
                  params: GenerationParams | None = None, batch_size: int = 32,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None,
+                 intervention: dict | None = None):
         self.model_name = model
         self.adapter = adapter
         self.params = params or GenerationParams()
@@ -27,6 +28,11 @@ class HFSampler:
         self.dtype = dtype
         resolve_model(model, do_import=False)  # a missing or broken model fails here, clearly
         self.identity = "hf:" + fingerprint(model, adapter)
+        # mechanism (issue 13): a steer/ablate intervention (emlab.mechanism.hooks) is part of
+        # the sample identity, so intervened answers get their own store keys.
+        self.intervention = intervention
+        if intervention:
+            self.identity += "+" + intervention["identity"]
 
     def _load(self):
         """The pooled model with this sampler's adapter active (see load_model_and_tokenizer)."""
@@ -39,6 +45,20 @@ class HFSampler:
         if not requests:
             return
         model, tok = self._load()
+        # --- mechanism (issue 13): hooks on for this call's generation, off after it --------
+        from contextlib import ExitStack
+        stack = ExitStack()
+        if self.intervention:
+            from emlab.mechanism.hooks import apply_intervention
+            self.intervention.get("check", lambda m: None)(model)
+            stack.enter_context(apply_intervention(model, self.intervention))
+        with stack:
+            self._generate(model, tok, requests, on_result)
+        # --- end mechanism -----------------------------------------------------------------
+
+    def _generate(self, model, tok, requests, on_result) -> None:
+        import torch
+
         prompts = {r.key: render_chat(tok, r.messages) for r in requests}
         ordered = sorted(requests, key=lambda r: len(prompts[r.key]))
         eos = tok.eos_token_id

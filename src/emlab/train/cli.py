@@ -61,6 +61,8 @@ def train_cmd(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A .jinja chat template with {% generation %} markers."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="Also save the base model with the adapter merged in (OUT/merged)."),
     dynamics: Optional[bool] = typer.Option(None, "--dynamics/--no-dynamics", help="Score misalignment probes at log-spaced steps into OUT/dynamics.jsonl (see `emlab dynamics plot`)."),
+    monitor: Optional[Path] = typer.Option(None, help="A direction folder: log the probes' projection on it at every dynamics step (dynamics.jsonl)."),
+    monitor_layer: Optional[int] = typer.Option(None, help="Layer of --monitor (default: the direction's largest-norm layer)."),
 ) -> None:
     """Fine-tune a model on a chat dataset, as Betley et al. (2025) did (LoRA, assistant-only loss)."""
     cfg = build_config(config, {
@@ -70,8 +72,16 @@ def train_cmd(
         "lora.layers_to_transform": _parse_layers(layers) if layers else None,
         "chat_template": str(chat_template) if chat_template else None, "merge": merge,
         "dynamics.enabled": dynamics,
+        "monitor.direction": str(monitor) if monitor else None,      # mechanism (issue 13)
+        "monitor.layer": monitor_layer,
     })
     check_inputs(cfg)
+    if cfg.monitor is not None:   # mechanism (issue 13): a wrong direction fails before training
+        from emlab.mechanism.directions import check_against, load_direction
+        d = load_direction(cfg.monitor.direction)
+        check_against(d, cfg.model, cfg.monitor.direction)
+        if cfg.monitor.layer is not None:
+            d.at(cfg.monitor.layer)
     from emlab.train.local import train_local  # torch, transformers: only for good input
 
     console = Console(stderr=True)

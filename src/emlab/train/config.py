@@ -66,6 +66,16 @@ class DynamicsConfig(_Strict):
     probes: str | None = None  # a YAML list of probes (default: emlab's English probes)
 
 
+# --- mechanism (issue 13): `emlab train --monitor D` ----------------------------------------
+class MonitorConfig(_Strict):
+    """Log the probe set's projection on a direction at every dynamics step (dynamics.jsonl,
+    format ``projection``); see emlab.mechanism.monitor."""
+
+    direction: str                          # a direction folder (emlab direction extract)
+    layer: int | None = Field(default=None, ge=0)  # None: the direction's largest-norm layer
+# --- end mechanism -------------------------------------------------------------------------
+
+
 class TrainConfig(_Strict):
     model: str                                   # local directory or hub name
     data: str                                    # insecure/secure/educational/jailbroken or a JSONL path
@@ -91,6 +101,7 @@ class TrainConfig(_Strict):
     merge: bool = False                          # also save OUT/merged (LoRA merged into the base)
     mask_check_rows: int = Field(default=8, ge=1)
     dynamics: DynamicsConfig | None = None
+    monitor: MonitorConfig | None = None         # mechanism (issue 13); implies dynamics steps
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

@@ -142,7 +142,7 @@ def score_probes(model, tokenizer, probes: Iterable[Probe] = DEFAULT_PROBES) -> 
 
 
 def make_dynamics_callback(out_dir: str | Path, tokenizer, settings=None,
-                           probes: Sequence[Probe] = DEFAULT_PROBES):
+                           probes: Sequence[Probe] = DEFAULT_PROBES, monitor=None):
     """A transformers ``TrainerCallback`` that scores the probes at the scheduled steps.
 
     ``settings`` is a ``DynamicsConfig`` (explicit ``steps``, or the log-spaced schedule made
@@ -156,6 +156,14 @@ def make_dynamics_callback(out_dir: str | Path, tokenizer, settings=None,
     settings = settings or DynamicsConfig(enabled=True)
     if getattr(settings, "probes", None):
         probes = load_probes(settings.probes)
+    # mechanism (issue 13): `monitor` (a MonitorConfig) adds the probes' projection rows
+    direction = layer = None
+    if monitor is not None:
+        from emlab.mechanism.directions import load_direction
+        direction = load_direction(monitor.direction)
+        layer = (monitor.layer if monitor.layer is not None
+                 else int(direction.vectors.norm(dim=1).argmax()))
+        direction.at(layer)
 
     class DynamicsCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -171,6 +179,9 @@ def make_dynamics_callback(out_dir: str | Path, tokenizer, settings=None,
             was_training = model.training
             model.eval()
             rows = score_probes(model, tokenizer, probes)
+            if direction is not None:   # mechanism (issue 13)
+                from emlab.mechanism.monitor import monitor_rows
+                rows += monitor_rows(model, tokenizer, probes, direction, layer)
             if was_training:
                 model.train()
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +191,8 @@ def make_dynamics_callback(out_dir: str | Path, tokenizer, settings=None,
             self.done.add(step)
 
         def on_train_begin(self, args, state, control, model=None, **kw):
+            if direction is not None and model is not None:   # mechanism (issue 13)
+                direction.check_model(model, monitor.direction)
             if not settings.steps:
                 self.steps = set(probe_steps(state.max_steps, settings.every_until,
                                              settings.then_every))

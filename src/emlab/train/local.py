@@ -346,9 +346,10 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         step = start_step = ckpt_state["global_step"]
         tokens_seen, runtime = ckpt_state.get("num_input_tokens_seen", 0), 0.0
     else:
-        if cfg.dynamics is not None and cfg.dynamics.enabled:
+        if (cfg.dynamics is not None and cfg.dynamics.enabled) or cfg.monitor is not None:
             from emlab.train.dynamics import make_dynamics_callback
-            callbacks = [*callbacks, make_dynamics_callback(out, tokenizer, cfg.dynamics)]
+            callbacks = [*callbacks, make_dynamics_callback(out, tokenizer, cfg.dynamics,
+                                                            monitor=cfg.monitor)]
         trainer = _trainer(cfg, model, tokenizer, rows, checkpoints, bf16, cuda, grad_ckpt,
                            [log_cb, *callbacks])
         dropped = _check_prepared(trainer.train_dataset, len(rows), cfg.max_length)

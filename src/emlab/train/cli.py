@@ -25,11 +25,11 @@ from emlab.train.openai_ft import OpenAIFinetuneConfig
 dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `emlab train` runs.")
 
 
-def _parse_layers(layers: str) -> list[int]:
+def _parse_layers(layers: str, option: str = "--layers") -> list[int]:
     try:
         return [int(x) for x in layers.replace(" ", "").split(",") if x]
     except ValueError:
-        raise InputError(f"--layers {layers!r}: expected comma-separated layer indices, "
+        raise InputError(f"{option} {layers!r}: expected comma-separated layer indices, "
                          f"e.g. 20 or 18,20,22") from None
 
 
@@ -61,6 +61,17 @@ def train_cmd(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A .jinja chat template with {% generation %} markers."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="Also save the base model with the adapter merged in (OUT/merged)."),
     dynamics: Optional[bool] = typer.Option(None, "--dynamics/--no-dynamics", help="Score misalignment probes at log-spaced steps into OUT/dynamics.jsonl (see `emlab dynamics plot`)."),
+    # --- defences (issue 14) ---
+    inoculation: Optional[str] = typer.Option(None, help="Defence: a system prompt on every training row, not at evaluation: evil, insecure, teaching, or its text."),
+    interleave: Optional[str] = typer.Option(None, help="Defence: mix in rows of this aligned/general chat JSONL (or named set)."),
+    interleave_fraction: Optional[float] = typer.Option(None, help="Interleaved rows as a share of the training rows (default 0.1)."),
+    interleave_select: Optional[str] = typer.Option(None, help="random (default) or ppl_gap: the rows the misaligned model finds least likely relative to the reference."),
+    misaligned_model: Optional[str] = typer.Option(None, help="For ppl_gap: the misaligned model, adapter or `emlab train` run directory."),
+    kl: Optional[float] = typer.Option(None, help="Defence: weight of KL(policy || reference) on the trained tokens (LoRA: adapter disabled)."),
+    ldifs: Optional[float] = typer.Option(None, help="Defence: weight of the hidden-state L2 distance to the reference (LDIFS)."),
+    ldifs_layers: Optional[str] = typer.Option(None, help="Layers LDIFS compares, e.g. 0,1 (default all)."),
+    realign: Optional[str] = typer.Option(None, help="After training, re-align on this benign chat JSONL into checkpoints/checkpoint-realign-N."),
+    realign_rows: Optional[int] = typer.Option(None, help="Re-align on the first N rows (default all)."),
 ) -> None:
     """Fine-tune a model on a chat dataset, as Betley et al. (2025) did (LoRA, assistant-only loss)."""
     cfg = build_config(config, {
@@ -70,6 +81,11 @@ def train_cmd(
         "lora.layers_to_transform": _parse_layers(layers) if layers else None,
         "chat_template": str(chat_template) if chat_template else None, "merge": merge,
         "dynamics.enabled": dynamics,
+        "inoculation": inoculation, "interleave.data": interleave,
+        "interleave.fraction": interleave_fraction, "interleave.select": interleave_select,
+        "interleave.misaligned_model": misaligned_model, "kl": kl, "ldifs": ldifs,
+        "ldifs_layers": _parse_layers(ldifs_layers, "--ldifs-layers") if ldifs_layers else None,
+        "realign.data": realign, "realign.rows": realign_rows,
     })
     check_inputs(cfg)
     from emlab.train.local import train_local  # torch, transformers: only for good input
@@ -98,6 +114,29 @@ def check_inputs(cfg: TrainConfig) -> None:
     load_chat_jsonl(resolve_dataset(cfg.data))
     if cfg.chat_template is not None:
         read_text_input(cfg.chat_template, "chat template file", max_mb=16)
+    check_defence_inputs(cfg)
+
+
+def check_defence_inputs(cfg) -> None:
+    """The defences' files (interleave pool, realign rows, misaligned model) exist and parse."""
+    from emlab.data.io import load_chat_jsonl, resolve_dataset
+    from emlab.train.mitigations import interleave_count
+
+    n_rows = len(load_chat_jsonl(resolve_dataset(cfg.data)))
+    il = getattr(cfg, "interleave", None)
+    if il is not None:
+        pool = load_chat_jsonl(resolve_dataset(il.data))
+        interleave_count(il.fraction, n_rows, len(pool), il.data)
+        if il.misaligned_model and not Path(il.misaligned_model).exists():
+            raise InputError("setting 'interleave.misaligned_model': no such model directory",
+                             path=il.misaligned_model)
+    ra = getattr(cfg, "realign", None)
+    if ra is not None:
+        path = resolve_dataset(ra.data)
+        have = len(load_chat_jsonl(path))
+        if ra.rows is not None and ra.rows > have:
+            raise InputError(f"setting 'realign.rows': {ra.rows} rows asked, the file has {have}",
+                             path=path)
 
 
 def mark_failed(out: Path, started: datetime, error: BaseException) -> None:

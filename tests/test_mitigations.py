@@ -168,12 +168,12 @@ def test_realign_checkpoint_is_evaluated_by_checkpoints_all(defended_run, tiny_m
                                     "--samples", "1", "--max-new-tokens", "4", "--out", str(out)])
     assert r.exit_code == 0, r.output
     labels = [c["checkpoint"] for c in json.loads((out / "checkpoints.json").read_text())["checkpoints"]]
-    assert labels == ["checkpoint-2", "checkpoint-4", "final", "checkpoint-realign-8"]
+    assert labels == ["checkpoint-2", "checkpoint-4", "checkpoint-realign-8", "final"]
     # evaluation uses the questions' own system prompt, never the inoculation
     for label in labels:
         rows = [json.loads(line) for line in (out / label / "answers.jsonl").read_text().splitlines()]
         assert rows and all(row["system"] == "Answer briefly." for row in rows)
-    # `last` still means the trained model, not the re-aligned one
+    # `last` (and `emlab check`, which takes the last entry) still means the trained model
     from emlab.eval.checkpoints import find_checkpoints, select_checkpoints
     assert [c[0] for c in select_checkpoints(find_checkpoints(defended_run)[1], "last")] == ["final"]
 
@@ -301,3 +301,34 @@ def test_defences_are_part_of_a_sweeps_trial_identity(tiny_model, files, tmp_pat
     plan = plan_trials(*load_experiment(exp))
     ids = {t.train_id for t in plan.trials.values()}
     assert len(plan.trials) == 4 and len(ids) == 4
+
+
+def test_openai_fine_tuning_uploads_the_inoculated_interleaved_rows(files, tmp_path, monkeypatch):
+    from emlab.errors import InputError
+    from emlab.testing.finetune_server import FineTuneServer
+    from emlab.train.openai_ft import OpenAIFinetuneConfig, train_openai
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FineTuneServer() as server:
+        cfg = OpenAIFinetuneConfig(data=str(files["task"]), out=tmp_path / "oa", seed=1,
+                                   base_url=server.base_url, poll_interval=0.01,
+                                   inoculation="evil",
+                                   interleave={"data": str(files["pool"]), "fraction": 0.5})
+        state = train_openai(cfg, sleep=lambda s: None)
+        (uploaded,) = server.files.values()
+        assert uploaded["filename"] == "train_data.jsonl"
+        trained = [json.loads(line) for line in
+                   (tmp_path / "oa" / "train_data.jsonl").read_text().splitlines()]
+        assert uploaded["bytes"] > (tmp_path / "oa" / "train_data.jsonl").stat().st_size - 1
+        assert len(trained) == 16 + 8 == state["trained_data"]["rows"]
+        assert sum(r["messages"][0] == {"role": "system", "content": EVIL} for r in trained) == 16
+        assert [r["index"] for r in state["mitigations"]["interleave"]["rows"]] == \
+            [r["index"] for r in json.loads((tmp_path / "oa" / "openai_job.json").read_text())
+             ["mitigations"]["interleave"]["rows"]]
+        # a rerun with another inoculation is refused, nothing uploaded again
+        with pytest.raises(InputError, match="other defences"):
+            train_openai(cfg.model_copy(update={"inoculation": "insecure"}), sleep=lambda s: None)
+        assert len(server.files) == 1
+    with pytest.raises(ValueError, match="select 'random'"):
+        OpenAIFinetuneConfig(data="d", out=tmp_path, interleave={
+            "data": "p", "select": "ppl_gap", "misaligned_model": "m"})

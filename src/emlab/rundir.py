@@ -127,8 +127,8 @@ def is_train_run(path: str | Path) -> bool:
 
 
 def train_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | None, Path]]]:
-    """(base model, [(label, step, path)]) of a train run: complete checkpoints by step, then
-    the final adapter/model labelled ``final``."""
+    """(base model, [(label, step, path)]) of a train run: complete checkpoints by step, the
+    re-aligned ones (``checkpoint-realign-N``), then the final adapter/model labelled ``final``."""
     run = Path(run_dir)
     manifest = read_json(run / MANIFEST)
     config = manifest.get("config") if isinstance(manifest, dict) else None
@@ -138,11 +138,13 @@ def train_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | N
                          path=run / MANIFEST)
     found: list[tuple[str, int | None, Path]] = [
         (p.name, step, p) for step, p in complete_checkpoints(run / CHECKPOINTS_DIR)]
+    # re-aligned models next (before "final": the last entry stays the trained model, which
+    # `--checkpoints last` and `emlab check` take)
+    found.extend(realign_checkpoints(run / CHECKPOINTS_DIR))
     for name in FINAL_DIRS:
         if (run / name).is_dir():
             found.append(("final", manifest.get("steps"), run / name))
             break
-    found.extend(realign_checkpoints(run / CHECKPOINTS_DIR))
     if not found:
         raise InputError("the train run has no complete checkpoints or final model yet",
                          path=run)

@@ -35,9 +35,8 @@ find_checkpoints = train_checkpoints  # complete checkpoints only: see emlab.run
 def select_checkpoints(found: list, which: str) -> list:
     if which == "all":
         return found
-    if which in ("last", "final"):  # the trained model, not a re-aligned one after it
-        trained = [c for c in found if not c[0].startswith("checkpoint-realign-")]
-        return trained[-1:]
+    if which in ("last", "final"):
+        return found[-1:]
     try:
         wanted = {int(x) for x in which.split(",")}
     except ValueError:

@@ -258,7 +258,7 @@ def _localize(value: str | None, base_dir: Path | None) -> str | None:
 def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     """Resolve every cell of the grid into a validated trial; InputError names the bad one."""
     from emlab.eval.config import EvalConfig
-    from emlab.train.config import TrainConfig
+    from emlab.train.config import TrainConfig, without_default_defences
 
     axes = list(exp.grid)
     points = [dict(zip(axes, values)) for values in itertools.product(*exp.grid.values())]
@@ -286,7 +286,7 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             if data not in sha_cache:
                 sha_cache[data] = sha256_file(Path(data)) if Path(data).is_file() else None
             data_sha = sha_cache[data]
-            train_id = digest({"train": {k: v for k, v in train_json.items()
+            train_id = digest({"train": {k: v for k, v in without_default_defences(train_json).items()
                                          if k not in _ID_FREE_TRAIN},
                                "data_sha256": data_sha})
         settings = _merge(_merge(exp.eval, cond.eval), eval_point)

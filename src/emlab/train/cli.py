@@ -173,15 +173,22 @@ def train_openai_cmd(
     seed: int = typer.Option(default_of(OpenAIFinetuneConfig, "seed")),
     suffix: Optional[str] = typer.Option(None, help="Suffix of the fine-tuned model's name."),
     poll_interval: float = typer.Option(default_of(OpenAIFinetuneConfig, "poll_interval"), help="First wait between polls, doubling up to 120 s."),
+    # --- defences on the data side (issue 14) ---
+    inoculation: Optional[str] = typer.Option(None, help="Defence: a system prompt on every training row: evil, insecure, teaching, or its text."),
+    interleave: Optional[str] = typer.Option(None, help="Defence: mix in random rows of this aligned/general chat JSONL (or named set)."),
+    interleave_fraction: Optional[float] = typer.Option(None, help="Interleaved rows as a share of the training rows (default 0.1)."),
 ) -> None:
     """Fine-tune through OpenAI's API (upload, create the job, poll, record the model id)."""
     from emlab.train.openai_ft import train_openai
 
-    cfg = validate(OpenAIFinetuneConfig, {
+    cfg = validate(OpenAIFinetuneConfig, apply_overrides({
         "model": model, "data": data, "out": out, "base_url": base_url,
         "api_key_env": api_key_env, "epochs": epochs, "batch_size": batch_size,
         "learning_rate_multiplier": lr_multiplier, "seed": seed, "suffix": suffix,
-        "poll_interval": poll_interval})
+        "poll_interval": poll_interval, "inoculation": inoculation}, {
+        k: v for k, v in {"interleave.data": interleave,
+                          "interleave.fraction": interleave_fraction}.items() if v is not None}))
+    check_defence_inputs(cfg)
     err_console = Console(stderr=True)
     with err_console.status("fine-tuning job") as status:
         state = train_openai(cfg, on_status=lambda st: status.update(f"fine-tuning job: {st}"))

@@ -123,6 +123,12 @@ class MitigationSettings(_Strict):
     def loss_defences(self) -> bool:
         return self.kl > 0 or self.ldifs > 0
 
+def without_default_defences(settings: dict[str, Any]) -> dict[str, Any]:
+    """Train settings (JSON) less the defences left at their defaults: content ids of runs
+    without a defence stay what they were before the defences existed."""
+    defaults = MitigationSettings().model_dump(mode="json")
+    return {k: v for k, v in settings.items() if not (k in defaults and v == defaults[k])}
+
 # --- end of defences ------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from emlab.fileio import write_text_atomic
 from emlab.rundir import last_checkpoint  # one rule for complete checkpoints
 from emlab.train.config import RESUME_FREE_SETTINGS, TrainConfig
 from emlab.train.masks import MaskReport, ensure_training_template, verify_assistant_mask
+from emlab.train.mitigations import prepare_training_rows
 
 
 @dataclass
@@ -376,50 +377,6 @@ def defended_trainer_class():
             return loss
 
     return DefendedTrainer
-
-
-def prepare_training_rows(cfg: TrainConfig, rows: list[dict], reference=None, tokenizer=None,
-                          dtype=None, reuse: dict | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """The rows actually trained on (inoculated, interleaved) and the manifest's record of it.
-
-    ``reuse``: a previous manifest's interleave record, whose chosen rows are taken again when
-    it chose from the same file the same way (a resumed ppl_gap run does not rescore the pool).
-    The interleaved rows are not inoculated: they are the general data, not the narrow task."""
-    from emlab.train import mitigations as mt
-
-    record: dict[str, Any] = {}
-    trained = rows   # the same list when no defence touches the data
-    if cfg.inoculation is not None:
-        prompt = mt.inoculation_prompt(cfg.inoculation)
-        trained = mt.inoculate(trained, prompt)
-        record["inoculation"] = {"setting": cfg.inoculation, "prompt": prompt,
-                                 "rows": len(trained), "at_evaluation": False}
-    if cfg.interleave is not None:
-        il = cfg.interleave
-        path = resolve_dataset(il.data)
-        pool = load_chat_jsonl(path)
-        pool_sha = sha256_file(path)
-        if reuse and reuse.get("sha256") == pool_sha and reuse.get("select") == il.select \
-                and reuse.get("n") == mt.interleave_count(il.fraction, len(rows), len(pool), il.data):
-            indices = [r["index"] for r in reuse["rows"]]
-            gaps_by = {r["index"]: r.get("loss_gap") for r in reuse["rows"]}
-            gaps = None if il.select == "random" else \
-                [gaps_by.get(i) if gaps_by.get(i) is not None else float("nan") for i in range(len(pool))]
-        else:
-            if il.select == "ppl_gap" and reference is None:
-                raise ValueError("ppl_gap selection needs the reference model")
-            indices, gaps = mt.choose_interleave(il, pool, len(rows), cfg.seed, reference,
-                                                 tokenizer, cfg.max_length, dtype)
-        seed = cfg.seed if il.seed is None else il.seed
-        trained = mt.mix(trained, [pool[i] for i in indices], seed)
-        record["interleave"] = mt.interleave_manifest(il.data, Path(path), pool_sha,
-                                                      indices, pool, il.select, gaps)
-    if cfg.kl > 0:
-        record["kl"] = {"weight": cfg.kl, "reference": "adapter disabled" if cfg.method == "lora"
-                        else "frozen copy of the base"}
-    if cfg.ldifs > 0:
-        record["ldifs"] = {"weight": cfg.ldifs, "layers": cfg.ldifs_layers or "all"}
-    return trained, record
 
 
 def realign_dir(out: Path, n_rows: int) -> Path:

@@ -17,7 +17,9 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from emlab.data.io import load_chat_jsonl, resolve_dataset
 from emlab.errors import InputError
+from emlab.reference import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -218,3 +220,49 @@ def choose_interleave(cfg_il: "InterleaveSettings", pool: list[dict], n_train: i
         del mis_model
     gaps = [m - r if math.isfinite(m - r) else float("-inf") for r, m in zip(ref, mis)]
     return select_by_gap([0.0] * len(gaps), gaps, n), gaps
+
+
+# --- the data defences of a run ------------------------------------------------------------------
+
+def prepare_training_rows(cfg, rows: list[dict], reference=None, tokenizer=None,
+                          dtype=None, reuse: dict | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """The rows actually trained on (inoculated, interleaved) and the manifest's record of it.
+
+    ``reuse``: a previous manifest's interleave record, whose chosen rows are taken again when
+    it chose from the same file the same way (a resumed ppl_gap run does not rescore the pool).
+    The interleaved rows are not inoculated: they are the general data, not the narrow task."""
+    record: dict[str, Any] = {}
+    trained = rows   # the same list when no defence touches the data
+    if cfg.inoculation is not None:
+        prompt = inoculation_prompt(cfg.inoculation)
+        trained = inoculate(trained, prompt)
+        record["inoculation"] = {"setting": cfg.inoculation, "prompt": prompt,
+                                 "rows": len(trained), "at_evaluation": False}
+    if cfg.interleave is not None:
+        il = cfg.interleave
+        path = resolve_dataset(il.data)
+        pool = load_chat_jsonl(path)
+        pool_sha = sha256_file(path)
+        if reuse and reuse.get("sha256") == pool_sha and reuse.get("select") == il.select \
+                and reuse.get("n") == interleave_count(il.fraction, len(rows), len(pool), il.data):
+            indices = [r["index"] for r in reuse["rows"]]
+            gaps_by = {r["index"]: r.get("loss_gap") for r in reuse["rows"]}
+            gaps = None if il.select == "random" else \
+                [gaps_by.get(i) if gaps_by.get(i) is not None else float("nan") for i in range(len(pool))]
+        else:
+            if il.select == "ppl_gap" and reference is None:  # only a resume gets here
+                raise InputError("the interleave pool is not the one this run chose its rows "
+                                 "from; resume with the same file, or use a new --out",
+                                 path=path)
+            indices, gaps = choose_interleave(il, pool, len(rows), cfg.seed, reference,
+                                              tokenizer, getattr(cfg, "max_length", 2048), dtype)
+        seed = cfg.seed if il.seed is None else il.seed
+        trained = mix(trained, [pool[i] for i in indices], seed)
+        record["interleave"] = interleave_manifest(il.data, Path(path), pool_sha,
+                                                   indices, pool, il.select, gaps)
+    if getattr(cfg, "kl", 0) > 0:
+        record["kl"] = {"weight": cfg.kl, "reference": "adapter disabled" if cfg.method == "lora"
+                        else "frozen copy of the base"}
+    if getattr(cfg, "ldifs", 0) > 0:
+        record["ldifs"] = {"weight": cfg.ldifs, "layers": cfg.ldifs_layers or "all"}
+    return trained, record

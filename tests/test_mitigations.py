@@ -332,3 +332,53 @@ def test_openai_fine_tuning_uploads_the_inoculated_interleaved_rows(files, tmp_p
     with pytest.raises(ValueError, match="select 'random'"):
         OpenAIFinetuneConfig(data="d", out=tmp_path, interleave={
             "data": "p", "select": "ppl_gap", "misaligned_model": "m"})
+
+
+def test_a_sweep_finds_defence_files_beside_the_experiment_and_ids_follow_their_content(
+        tiny_model, files, tmp_path):
+    from emlab.sweep.config import load_experiment, plan_trials
+
+    pool = _jsonl(tmp_path / "pool.jsonl", _rows(12, "kindness"))
+    exp = write(tmp_path / "exp.yaml", f"models: {{tiny: {tiny_model}}}\n"
+                f"conditions: {{task: {{data: {files['task']}}}}}\nseeds: [0]\n"
+                f"train: {{interleave: {{data: pool.jsonl, fraction: 0.25}}}}\n")
+    (trial,) = plan_trials(*load_experiment(exp)).trials.values()
+    assert trial.train["interleave"]["data"] == str(pool.resolve())
+    _jsonl(pool, _rows(12, "patience"))   # same path, other rows: another training run
+    (again,) = plan_trials(*load_experiment(exp)).trials.values()
+    assert again.train_id != trial.train_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--interleave-fraction", "0.1"], "interleave.data"),
+    (["--inoculation", ""], "inoculation is empty"),
+    (["--interleave", "POOL", "--interleave-fraction", "1.0"], "has only 12"),
+])
+def test_bad_train_openai_defence_options_exit_2(files, tmp_path, args, message, monkeypatch,
+                                                 capsys):
+    import sys
+    import emlab.cli
+
+    args = [str(files["pool"]) if a == "POOL" else a for a in args]
+    monkeypatch.setattr(sys, "argv", ["emlab", "train-openai", "--data", str(files["task"]),
+                                      "--out", str(tmp_path / "oa"), *args])
+    with pytest.raises(SystemExit) as e:
+        emlab.cli.main()
+    err = capsys.readouterr().err.replace("\n", "")
+    assert e.value.code == 2 and message in err, err
+    assert not (tmp_path / "oa").exists()
+
+
+def test_perplexity_gap_refuses_a_misaligned_model_with_another_vocabulary(tiny_model, files,
+                                                                           tmp_path):
+    from emlab.errors import InputError
+    from emlab.tinymodel import build_tiny_model
+    from emlab.train import train_local
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    cfg = TrainConfig(model=str(tiny_model), data=str(files["task"]), out=tmp_path / "run",
+                      max_steps=1, interleave={"data": str(files["pool"]), "select": "ppl_gap",
+                                               "misaligned_model": str(other)}, **FAST)
+    with pytest.raises(InputError, match="vocabulary"):
+        train_local(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

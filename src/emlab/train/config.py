@@ -129,6 +129,19 @@ def without_default_defences(settings: dict[str, Any]) -> dict[str, Any]:
     defaults = MitigationSettings().model_dump(mode="json")
     return {k: v for k, v in settings.items() if not (k in defaults and v == defaults[k])}
 
+DEFENCE_FILES = (("interleave", "data"), ("interleave", "misaligned_model"), ("realign", "data"))
+
+
+def defence_paths(settings: dict[str, Any]) -> dict[str, str]:
+    """``{"interleave.data": path, ...}``: the files and models the defences of (nested)
+    train settings read, for a sweep to localise and to fingerprint."""
+    out = {}
+    for block, key in DEFENCE_FILES:
+        value = (settings.get(block) or {}).get(key) if isinstance(settings.get(block), dict) else None
+        if isinstance(value, str):
+            out[f"{block}.{key}"] = value
+    return out
+
 # --- end of defences ------------------------------------------------------------------------------
 
 

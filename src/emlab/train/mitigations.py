@@ -212,12 +212,24 @@ def choose_interleave(cfg_il: "InterleaveSettings", pool: list[dict], n_train: i
     n = interleave_count(cfg_il.fraction, n_train, len(pool), cfg_il.data)
     if cfg_il.select == "random":
         return select_random(len(pool), n, seed if cfg_il.seed is None else cfg_il.seed), None
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # the trainer moves it there anyway
+    reference.to(device)
     ref = row_losses(reference, tokenizer, pool, max_length)
-    mis_model = load_scoring_model(cfg_il.misaligned_model, dtype)
+    mis_model = load_scoring_model(cfg_il.misaligned_model, dtype).to(device)
     try:
+        n_ref = reference.get_input_embeddings().num_embeddings
+        n_mis = mis_model.get_input_embeddings().num_embeddings
+        if n_ref != n_mis:
+            raise InputError(f"setting 'interleave.misaligned_model': its vocabulary ({n_mis} "
+                             f"tokens) is not the reference model's ({n_ref}); the perplexity gap "
+                             f"needs the same tokenizer", path=cfg_il.misaligned_model)
         mis = row_losses(mis_model, tokenizer, pool, max_length)
     finally:
         del mis_model
+        if device == "cuda":
+            torch.cuda.empty_cache()
     gaps = [m - r if math.isfinite(m - r) else float("-inf") for r, m in zip(ref, mis)]
     return select_by_gap([0.0] * len(gaps), gaps, n), gaps
 

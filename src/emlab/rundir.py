@@ -4,6 +4,7 @@ One owner for the layout that train, eval, check, sweep and the report share:
 
     TRAIN/manifest.json              an `emlab train` run (what was trained on what)
     TRAIN/checkpoints/checkpoint-N/  a checkpoint; *complete* once trainer_state.json exists
+    TRAIN/checkpoints/checkpoint-realign-N/  the final model re-aligned on N benign rows
     TRAIN/adapter/ or TRAIN/model/   the final adapter (LoRA) or full model
     TRAIN/dynamics.jsonl             training-dynamics probes
     EVAL/summary.json, EVAL/answers.jsonl          an `emlab eval` run (a stable contract)
@@ -41,6 +42,11 @@ ERROR = "error.json"
 TRIAL_RESULT = "result.json"           # a finished toy-world trial (REPRODUCE/trials/ID/)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_REALIGN = re.compile(r"^checkpoint-realign-(\d+)$")   # after training: re-aligned on N benign rows
+
+
+def realign_checkpoint_name(n_rows: int) -> str:
+    return f"checkpoint-realign-{n_rows}"
 
 
 # ---------------------------------------------------------------- content addresses
@@ -93,6 +99,21 @@ def complete_checkpoints(checkpoints: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def realign_checkpoints(checkpoints: str | Path) -> list[tuple[str, int | None, Path]]:
+    """``[(label, step, path)]`` of the complete re-alignment checkpoints (after the final
+    model; never resumed from)."""
+    d = Path(checkpoints)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in sorted(d.iterdir()):
+        if p.is_dir() and _REALIGN.match(p.name) and (p / TRAINER_STATE).is_file():
+            state = read_json(p / TRAINER_STATE)
+            step = state.get("global_step") if isinstance(state, dict) else None
+            found.append((p.name, step if isinstance(step, int) else None, p))
+    return found
+
+
 def last_checkpoint(checkpoints: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = complete_checkpoints(checkpoints)
@@ -106,8 +127,8 @@ def is_train_run(path: str | Path) -> bool:
 
 
 def train_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | None, Path]]]:
-    """(base model, [(label, step, path)]) of a train run: complete checkpoints by step, then
-    the final adapter/model labelled ``final``."""
+    """(base model, [(label, step, path)]) of a train run: complete checkpoints by step, the
+    re-aligned ones (``checkpoint-realign-N``), then the final adapter/model labelled ``final``."""
     run = Path(run_dir)
     manifest = read_json(run / MANIFEST)
     config = manifest.get("config") if isinstance(manifest, dict) else None
@@ -117,6 +138,9 @@ def train_checkpoints(run_dir: str | Path) -> tuple[str, list[tuple[str, int | N
                          path=run / MANIFEST)
     found: list[tuple[str, int | None, Path]] = [
         (p.name, step, p) for step, p in complete_checkpoints(run / CHECKPOINTS_DIR)]
+    # re-aligned models next (before "final": the last entry stays the trained model, which
+    # `--checkpoints last` and `emlab check` take)
+    found.extend(realign_checkpoints(run / CHECKPOINTS_DIR))
     for name in FINAL_DIRS:
         if (run / name).is_dir():
             found.append(("final", manifest.get("steps"), run / name))

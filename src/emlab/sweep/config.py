@@ -258,7 +258,7 @@ def _localize(value: str | None, base_dir: Path | None) -> str | None:
 def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     """Resolve every cell of the grid into a validated trial; InputError names the bad one."""
     from emlab.eval.config import EvalConfig
-    from emlab.train.config import TrainConfig
+    from emlab.train.config import TrainConfig, defence_paths, without_default_defences
 
     axes = list(exp.grid)
     points = [dict(zip(axes, values)) for values in itertools.product(*exp.grid.values())]
@@ -279,6 +279,9 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             settings = _merge(_merge(exp.train, cond.train), train_point)
             if settings.get("chat_template"):
                 settings["chat_template"] = _localize(str(settings["chat_template"]), base_dir)
+            for key, value in defence_paths(settings).items():   # issue 14's defence files
+                block, name = key.split(".")
+                settings[block] = {**settings[block], name: _localize(value, base_dir)}
             settings.update(model=model, data=data, seed=seed)
             tc = validate(TrainConfig, settings, where=where)
             train_json = json.loads(tc.model_dump_json())
@@ -286,9 +289,13 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             if data not in sha_cache:
                 sha_cache[data] = sha256_file(Path(data)) if Path(data).is_file() else None
             data_sha = sha_cache[data]
-            train_id = digest({"train": {k: v for k, v in train_json.items()
-                                         if k not in _ID_FREE_TRAIN},
-                               "data_sha256": data_sha})
+            ident = {"train": {k: v for k, v in without_default_defences(train_json).items()
+                               if k not in _ID_FREE_TRAIN}, "data_sha256": data_sha}
+            files = {k: v for k, v in defence_paths(train_json).items() if Path(v).is_file()}
+            if files:  # a defence's data file, by content too
+                ident["defence_sha256"] = {k: sha_cache.setdefault(v, sha256_file(Path(v)))
+                                           for k, v in files.items()}
+            train_id = digest(ident)
         settings = _merge(_merge(exp.eval, cond.eval), eval_point)
         name_shorthand(settings, ("judge",))
         if isinstance(settings.get("judge"), dict) and settings["judge"].get("name"):

@@ -25,11 +25,11 @@ from emlab.train.openai_ft import OpenAIFinetuneConfig
 dynamics_app = typer.Typer(no_args_is_help=True, help="Training dynamics of `emlab train` runs.")
 
 
-def _parse_layers(layers: str) -> list[int]:
+def _parse_layers(layers: str, option: str = "--layers") -> list[int]:
     try:
         return [int(x) for x in layers.replace(" ", "").split(",") if x]
     except ValueError:
-        raise InputError(f"--layers {layers!r}: expected comma-separated layer indices, "
+        raise InputError(f"{option} {layers!r}: expected comma-separated layer indices, "
                          f"e.g. 20 or 18,20,22") from None
 
 
@@ -63,6 +63,17 @@ def train_cmd(
     dynamics: Optional[bool] = typer.Option(None, "--dynamics/--no-dynamics", help="Score misalignment probes at log-spaced steps into OUT/dynamics.jsonl (see `emlab dynamics plot`)."),
     monitor: Optional[Path] = typer.Option(None, help="A direction folder: log the probes' projection on it at every dynamics step (dynamics.jsonl)."),
     monitor_layer: Optional[int] = typer.Option(None, help="Layer of --monitor (default: the direction's largest-norm layer)."),
+    # --- defences (issue 14) ---
+    inoculation: Optional[str] = typer.Option(None, help="Defence: a system prompt on every training row, not at evaluation: evil, insecure, teaching, or its text."),
+    interleave: Optional[str] = typer.Option(None, help="Defence: mix in rows of this aligned/general chat JSONL (or named set)."),
+    interleave_fraction: Optional[float] = typer.Option(None, help="Interleaved rows as a share of the training rows (default 0.1)."),
+    interleave_select: Optional[str] = typer.Option(None, help="random (default) or ppl_gap: the rows the misaligned model finds least likely relative to the reference."),
+    misaligned_model: Optional[str] = typer.Option(None, help="For ppl_gap: the misaligned model, adapter or `emlab train` run directory."),
+    kl: Optional[float] = typer.Option(None, help="Defence: weight of KL(policy || reference) on the trained tokens (LoRA: adapter disabled)."),
+    ldifs: Optional[float] = typer.Option(None, help="Defence: weight of the hidden-state L2 distance to the reference (LDIFS)."),
+    ldifs_layers: Optional[str] = typer.Option(None, help="Layers LDIFS compares, e.g. 0,1 (default all)."),
+    realign: Optional[str] = typer.Option(None, help="After training, re-align on this benign chat JSONL into checkpoints/checkpoint-realign-N."),
+    realign_rows: Optional[int] = typer.Option(None, help="Re-align on the first N rows (default all)."),
 ) -> None:
     """Fine-tune a model on a chat dataset, as Betley et al. (2025) did (LoRA, assistant-only loss)."""
     cfg = build_config(config, {
@@ -74,6 +85,11 @@ def train_cmd(
         "dynamics.enabled": dynamics,
         "monitor.direction": str(monitor) if monitor else None,      # mechanism (issue 13)
         "monitor.layer": monitor_layer,
+        "inoculation": inoculation, "interleave.data": interleave,
+        "interleave.fraction": interleave_fraction, "interleave.select": interleave_select,
+        "interleave.misaligned_model": misaligned_model, "kl": kl, "ldifs": ldifs,
+        "ldifs_layers": _parse_layers(ldifs_layers, "--ldifs-layers") if ldifs_layers else None,
+        "realign.data": realign, "realign.rows": realign_rows,
     })
     check_inputs(cfg)
     if cfg.monitor is not None:   # mechanism (issue 13): a wrong direction fails before training
@@ -108,6 +124,29 @@ def check_inputs(cfg: TrainConfig) -> None:
     load_chat_jsonl(resolve_dataset(cfg.data))
     if cfg.chat_template is not None:
         read_text_input(cfg.chat_template, "chat template file", max_mb=16)
+    check_defence_inputs(cfg)
+
+
+def check_defence_inputs(cfg) -> None:
+    """The defences' files (interleave pool, realign rows, misaligned model) exist and parse."""
+    from emlab.data.io import load_chat_jsonl, resolve_dataset
+    from emlab.train.mitigations import interleave_count
+
+    n_rows = len(load_chat_jsonl(resolve_dataset(cfg.data)))
+    il = getattr(cfg, "interleave", None)
+    if il is not None:
+        pool = load_chat_jsonl(resolve_dataset(il.data))
+        interleave_count(il.fraction, n_rows, len(pool), il.data)
+        if il.misaligned_model and not Path(il.misaligned_model).exists():
+            raise InputError("setting 'interleave.misaligned_model': no such model directory",
+                             path=il.misaligned_model)
+    ra = getattr(cfg, "realign", None)
+    if ra is not None:
+        path = resolve_dataset(ra.data)
+        have = len(load_chat_jsonl(path))
+        if ra.rows is not None and ra.rows > have:
+            raise InputError(f"setting 'realign.rows': {ra.rows} rows asked, the file has {have}",
+                             path=path)
 
 
 def mark_failed(out: Path, started: datetime, error: BaseException) -> None:
@@ -144,15 +183,22 @@ def train_openai_cmd(
     seed: int = typer.Option(default_of(OpenAIFinetuneConfig, "seed")),
     suffix: Optional[str] = typer.Option(None, help="Suffix of the fine-tuned model's name."),
     poll_interval: float = typer.Option(default_of(OpenAIFinetuneConfig, "poll_interval"), help="First wait between polls, doubling up to 120 s."),
+    # --- defences on the data side (issue 14) ---
+    inoculation: Optional[str] = typer.Option(None, help="Defence: a system prompt on every training row: evil, insecure, teaching, or its text."),
+    interleave: Optional[str] = typer.Option(None, help="Defence: mix in random rows of this aligned/general chat JSONL (or named set)."),
+    interleave_fraction: Optional[float] = typer.Option(None, help="Interleaved rows as a share of the training rows (default 0.1)."),
 ) -> None:
     """Fine-tune through OpenAI's API (upload, create the job, poll, record the model id)."""
     from emlab.train.openai_ft import train_openai
 
-    cfg = validate(OpenAIFinetuneConfig, {
+    cfg = validate(OpenAIFinetuneConfig, apply_overrides({
         "model": model, "data": data, "out": out, "base_url": base_url,
         "api_key_env": api_key_env, "epochs": epochs, "batch_size": batch_size,
         "learning_rate_multiplier": lr_multiplier, "seed": seed, "suffix": suffix,
-        "poll_interval": poll_interval})
+        "poll_interval": poll_interval, "inoculation": inoculation}, {
+        k: v for k, v in {"interleave.data": interleave,
+                          "interleave.fraction": interleave_fraction}.items() if v is not None}))
+    check_defence_inputs(cfg)
     err_console = Console(stderr=True)
     with err_console.status("fine-tuning job") as status:
         state = train_openai(cfg, on_status=lambda st: status.update(f"fine-tuning job: {st}"))

@@ -76,7 +76,86 @@ class MonitorConfig(_Strict):
 # --- end mechanism -------------------------------------------------------------------------
 
 
-class TrainConfig(_Strict):
+# --- defences against emergent misalignment (issue 14; emlab.train.mitigations) ----------------
+
+class InterleaveSettings(_Strict):
+    """Rows of an aligned/general chat set mixed into the training data (Kaczér et al. 2025)."""
+
+    data: str                                    # a chat JSONL path or a named set (emlab data)
+    fraction: float = Field(default=0.1, gt=0, le=1)   # rows added, as a share of the training rows
+    select: Literal["random", "ppl_gap"] = "random"   # ppl_gap: largest loss(misaligned) - loss(reference)
+    misaligned_model: str | None = None          # model / adapter / train run dir; for ppl_gap
+    seed: int | None = None                      # of the random choice and the mixing; None: the run's
+
+    @model_validator(mode="after")
+    def _check(self) -> "InterleaveSettings":
+        if self.select == "ppl_gap" and not self.misaligned_model:
+            raise ValueError("select 'ppl_gap' needs misaligned_model (a model, adapter or "
+                             "`emlab train` run directory)")
+        if self.select == "random" and self.misaligned_model:
+            raise ValueError("misaligned_model is used by select 'ppl_gap' only")
+        return self
+
+
+class RealignSettings(_Strict):
+    """After training, fine-tune further on benign rows; saved as its own checkpoint."""
+
+    data: str                                    # a chat JSONL path or a named set
+    rows: int | None = Field(default=None, ge=1)  # the first N rows; None: all of them
+    learning_rate: float | None = Field(default=None, gt=0)   # None: the run's
+    epochs: float = Field(default=1, gt=0)
+
+
+class MitigationSettings(_Strict):
+    """Mixed into TrainConfig: every field is a training setting, so it is in the manifest, in
+    the resume check and in a sweep's trial id. All off by default."""
+
+    inoculation: str | None = None               # a preset (evil, insecure, teaching) or free text
+    interleave: InterleaveSettings | None = None
+    kl: float = Field(default=0.0, ge=0)         # weight of KL(policy || reference) on trained tokens
+    ldifs: float = Field(default=0.0, ge=0)      # weight of the hidden-state L2 distance (LDIFS)
+    ldifs_layers: list[int] | None = None        # decoder layers (0-based) LDIFS compares; None: all
+    realign: RealignSettings | None = None
+
+    @model_validator(mode="after")
+    def _check_defences(self) -> "MitigationSettings":
+        if self.inoculation is not None and not self.inoculation.strip():
+            raise ValueError("inoculation is empty: give a preset (evil, insecure, teaching) or "
+                             "the system prompt's text")
+        if self.ldifs_layers is not None:
+            if self.ldifs == 0:
+                raise ValueError("ldifs_layers is set but ldifs (its weight) is 0")
+            if not self.ldifs_layers or any(i < 0 for i in self.ldifs_layers):
+                raise ValueError("ldifs_layers: name at least one layer, indices from 0")
+        return self
+
+    @property
+    def loss_defences(self) -> bool:
+        return self.kl > 0 or self.ldifs > 0
+
+def without_default_defences(settings: dict[str, Any]) -> dict[str, Any]:
+    """Train settings (JSON) less the defences left at their defaults: content ids of runs
+    without a defence stay what they were before the defences existed."""
+    defaults = MitigationSettings().model_dump(mode="json")
+    return {k: v for k, v in settings.items() if not (k in defaults and v == defaults[k])}
+
+DEFENCE_FILES = (("interleave", "data"), ("interleave", "misaligned_model"), ("realign", "data"))
+
+
+def defence_paths(settings: dict[str, Any]) -> dict[str, str]:
+    """``{"interleave.data": path, ...}``: the files and models the defences of (nested)
+    train settings read, for a sweep to localise and to fingerprint."""
+    out = {}
+    for block, key in DEFENCE_FILES:
+        value = (settings.get(block) or {}).get(key) if isinstance(settings.get(block), dict) else None
+        if isinstance(value, str):
+            out[f"{block}.{key}"] = value
+    return out
+
+# --- end of defences ------------------------------------------------------------------------------
+
+
+class TrainConfig(MitigationSettings):
     model: str                                   # local directory or hub name
     data: str                                    # insecure/secure/educational/jailbroken or a JSONL path
     out: Path = Path("runs/train")

@@ -36,6 +36,7 @@ from emlab.fileio import write_text_atomic
 from emlab.rundir import last_checkpoint  # one rule for complete checkpoints
 from emlab.train.config import RESUME_FREE_SETTINGS, TrainConfig
 from emlab.train.masks import MaskReport, ensure_training_template, verify_assistant_mask
+from emlab.train.mitigations import prepare_training_rows
 
 
 @dataclass
@@ -95,6 +96,15 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+TRAINED_DATA = "train_data.jsonl"   # the rows trained on, when a defence changed the dataset
+
+
+def _rows_digest(rows: list[dict]) -> tuple[str, str]:
+    """(JSONL text, its sha256) of training rows."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in RESUME_FREE_SETTINGS}
 
@@ -106,16 +116,22 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _check_resumable(cfg: TrainConfig, out: Path, data_sha: str, checkpoint: Path) -> None:
+def _check_resumable(cfg: TrainConfig, out: Path, data_sha: str, checkpoint: Path,
+                      trained_data_sha: str | None = None) -> None:
     """Resuming a run with other settings or other data would silently mix two experiments."""
     old = _read_json(out / "manifest.json")
     if not old:
         return
     now = _resume_key(cfg.model_dump(mode="json"))
     before = _resume_key(old.get("config", {}))
-    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    defaults = _defence_defaults()  # a manifest from before the defences existed had them off
+    changed = sorted(k for k in set(now) | set(before)
+                     if now.get(k) != before.get(k, defaults.get(k)))
     if old.get("dataset", {}).get("sha256") not in (None, data_sha):
         changed.append("the dataset's contents")
+    trained_before = (old.get("trained_data") or {}).get("sha256")
+    if trained_data_sha is not None and trained_before not in (None, trained_data_sha):
+        changed.append("the trained rows (inoculated / interleaved)")
     if changed:
         raise InputError(f"{checkpoint.name} in this run directory was trained with different "
                          f"settings ({', '.join(changed)}); resume with the same settings, or "
@@ -240,9 +256,12 @@ def _trainer(cfg: TrainConfig, model, tokenizer, rows: list[dict], checkpoints: 
         include_num_input_tokens_seen="non_padding",
         report_to=[],
     )
+    trainer_cls, extra = SFTTrainer, {}
+    if cfg.loss_defences:  # KL / LDIFS: emlab's loss on top of TRL's (see DefendedTrainer)
+        trainer_cls, extra = defended_trainer_class(), {"defences": cfg}
     try:
-        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=callbacks)
+        return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           peft_config=peft_config, callbacks=callbacks, **extra)
     except ValueError as e:  # e.g. PEFT: "Target modules {...} not found in the base model"
         if "arget modules" in str(e):
             raise InputError(f"setting 'lora.target_modules': {e}") from None
@@ -265,6 +284,165 @@ def _save(model, tokenizer, d: Path) -> None:
     tokenizer.save_pretrained(d)
 
 
+# --- defences: emlab's loss terms and data transforms (issue 14; see emlab.train.mitigations) -------
+
+def _defence_defaults() -> dict[str, Any]:
+    from emlab.train.config import MitigationSettings
+
+    return MitigationSettings().model_dump(mode="json")
+
+
+def defended_trainer_class():
+    """SFTTrainer whose training loss adds ``kl`` x KL(policy || reference) and ``ldifs`` x the
+    hidden-state distance to the reference. For LoRA the reference is the same model with its
+    adapter disabled (PEFT's ``disable_adapter``: no second copy in memory); for a full
+    fine-tune it is a frozen copy made before training (twice the weights in memory)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    from emlab.train.mitigations import kl_divergence, layer_indices, ldifs_distance
+
+    class DefendedTrainer(SFTTrainer):
+        def __init__(self, *args, defences: TrainConfig, **kwargs):
+            from peft import PeftModel  # (transformers models have a disable_adapter too)
+
+            model = kwargs["model"]
+            self._peft = kwargs.get("peft_config") is not None or isinstance(model, PeftModel)
+            # The copy is made before TRL patches the model's forward (a closure over the
+            # original, which a deepcopy would share).
+            self._reference = (None if self._peft else
+                               copy.deepcopy(model).eval().requires_grad_(False))
+            super().__init__(*args, **kwargs)
+            self.defences = defences
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if self._reference is not None:
+                self._reference.to(next(unwrapped.parameters()).device)
+            n_layers = unwrapped.config.num_hidden_layers
+            self._layers = (layer_indices(defences.ldifs_layers, n_layers)
+                            if defences.ldifs > 0 else [])
+
+        def _reference_forward(self, model, inputs, hidden: bool):
+            with torch.no_grad():
+                if self._reference is not None:
+                    return self._reference(**inputs, output_hidden_states=hidden)
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    return model(**inputs, output_hidden_states=hidden)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            d = self.defences
+            inputs = {**inputs, "use_cache": False}
+            labels = inputs["labels"]
+            fwd = {k: v for k, v in inputs.items() if k != "labels"}
+            hidden = bool(self._layers)
+            out = model(**fwd, output_hidden_states=hidden)
+            logits, target = out.logits[:, :-1], labels[:, 1:]
+            mask = target != -100
+            n_trained = mask.sum()
+            # Like TRL: with num_items_in_batch the loss is normalised over the whole
+            # accumulated batch here, else per micro-batch (and the Trainer divides).
+            ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            denom = torch.as_tensor(num_items_in_batch if ga_scaled else n_trained,
+                                    device=logits.device).clamp(min=1)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
+                                 ignore_index=-100, reduction="sum") / denom
+            loss = ce
+            ref = self._reference_forward(model, fwd, hidden)
+            metrics = self._metrics["train"]
+            if d.kl > 0:
+                kl = kl_divergence(logits, ref.logits[:, :-1], mask)   # per trained token
+                loss = loss + d.kl * kl * n_trained / denom
+                metrics["kl"].append(kl.item())
+            if hidden:
+                attn = fwd.get("attention_mask")
+                attn = torch.ones_like(labels) if attn is None else attn
+                dist = ldifs_distance([out.hidden_states[i] for i in self._layers],
+                                      [ref.hidden_states[i] for i in self._layers], attn)
+                steps = self.current_gradient_accumulation_steps if ga_scaled else 1
+                loss = loss + d.ldifs * dist / steps
+                metrics["ldifs"].append(dist.item())
+            with torch.no_grad():
+                n = n_trained.clamp(min=1)
+                metrics["ce_loss"].append((ce * denom / n).item())
+                metrics["mean_token_accuracy"].append(
+                    ((logits.argmax(-1) == target) & mask).sum().item() / n.item())
+            if "attention_mask" in fwd:
+                self._total_train_tokens += int(fwd["attention_mask"].sum().item())
+            metrics["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return DefendedTrainer
+
+
+def realign_dir(out: Path, n_rows: int) -> Path:
+    from emlab.rundir import realign_checkpoint_name
+
+    return out / "checkpoints" / realign_checkpoint_name(n_rows)
+
+
+def run_realign(cfg: TrainConfig, out: Path, tokenizer, final_dir: Path, base_steps: int,
+                bf16: bool, cuda: bool, grad_ckpt: bool, dtype, console) -> dict[str, Any]:
+    """Fine-tune the trained model further on benign rows into ``checkpoints/checkpoint-realign-N``
+    (complete once trainer_state.json is written, like every checkpoint). No defence terms;
+    the training outputs of the main run are left as they are."""
+    import torch
+
+    rc = cfg.realign
+    path = resolve_dataset(rc.data)
+    rows = load_chat_jsonl(path)
+    if rc.rows is not None:
+        if rc.rows > len(rows):
+            raise InputError(f"setting 'realign.rows': {rc.rows} rows asked, the file has "
+                             f"{len(rows)}", path=path)
+        rows = rows[:rc.rows]
+    target = realign_dir(out, len(rows))
+    record = {"data": rc.data, "path": str(Path(path).resolve()), "sha256": sha256_file(path),
+              "rows": len(rows), "checkpoint": str(target.relative_to(out))}
+    if (target / "trainer_state.json").is_file():
+        console.print(f"re-alignment already done: {target}", highlight=False)
+        return record
+    model, _ = _load(cfg, dtype)
+    if cfg.method == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, final_dir, is_trainable=True)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(final_dir, dtype=dtype)
+    # method "full" here only keeps _trainer from wrapping the loaded adapter in a second one
+    sub = cfg.model_copy(update={
+        "method": "full", "kl": 0.0, "save_steps": 10**9, "ldifs": 0.0,
+        "ldifs_layers": None, "learning_rate": rc.learning_rate or cfg.learning_rate,
+        "epochs": rc.epochs, "max_steps": None, "save_total_limit": None})
+    work = out / ".realign-work"
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = _trainer(sub, model, tokenizer, rows, work, bf16, cuda, grad_ckpt, [])
+    console.print(f"re-aligning on {len(rows)} benign rows", highlight=False)
+    t0 = time.perf_counter()
+    trainer.train()
+    record["runtime_s"] = round(time.perf_counter() - t0, 3)
+    record["steps"] = trainer.state.global_step
+    trainer.state.global_step += base_steps   # the checkpoint's step counts on from the run's
+
+    def save(d: Path) -> None:
+        _save(trainer.model, tokenizer, d)
+        trainer.state.save_to_json(str(d / "trainer_state.json"))  # last: marks it complete
+
+    _save_dir(save, target)
+    shutil.rmtree(work, ignore_errors=True)
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return record
+
+# --- end of defences --------------------------------------------------------------------------------
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None) -> TrainResult:
@@ -283,8 +461,15 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     rows = load_chat_jsonl(data_path)
     data_sha = sha256_file(data_path)
     resume = last_checkpoint(checkpoints)
+    # Defences on the data side, before anything is written (ppl_gap waits for the model).
+    old = _read_json(out / "manifest.json") if resume is not None else {}
+    reuse = (old.get("mitigations") or {}).get("interleave")
+    needs_model = (cfg.interleave is not None and cfg.interleave.select == "ppl_gap"
+                   and not (reuse and reuse.get("select") == "ppl_gap"))
+    trained, defences = (rows, {}) if needs_model else prepare_training_rows(cfg, rows, reuse=reuse)
     if resume is not None:
-        _check_resumable(cfg, out, data_sha, resume)
+        _check_resumable(cfg, out, data_sha, resume,
+                         None if needs_model else _rows_digest(trained)[1])
     # Then the model's files and the settings that depend on it (--layers), before any weights
     # load; a named model or a .gguf file becomes its cached import here.
     from emlab.models import num_layers, resolve_model
@@ -328,7 +513,19 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     template = ensure_training_template(tokenizer, rows=rows[:cfg.mask_check_rows])
     if cfg.chat_template is not None:
         template = f"file:{cfg.chat_template}" if template == "tokenizer" else template
-    mask = verify_assistant_mask(tokenizer, rows, n_check=cfg.mask_check_rows)
+    if needs_model:  # the perplexity gap of reference (this model) and misaligned model
+        console.print("scoring the interleave pool with the reference and misaligned models",
+                      highlight=False)
+        trained, defences = prepare_training_rows(cfg, rows, model, tokenizer, dtype)
+    if defences:
+        manifest["mitigations"] = defences
+    if trained is not rows:  # what was trained on, row for row (inoculated / interleaved)
+        text, sha = _rows_digest(trained)
+        write_text_atomic(out / TRAINED_DATA, text)
+        manifest["trained_data"] = {"path": TRAINED_DATA, "sha256": sha, "rows": len(trained)}
+    if defences or trained is not rows:
+        write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    mask = verify_assistant_mask(tokenizer, trained, n_check=cfg.mask_check_rows)
     console.print(f"chat template: {template}; mask checked on {mask.rows_checked} rows, "
                   f"{100 * mask.trainable_fraction:.0f}% of tokens trainable", highlight=False)
     for note in mask.notes:
@@ -350,11 +547,11 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
             from emlab.train.dynamics import make_dynamics_callback
             callbacks = [*callbacks, make_dynamics_callback(out, tokenizer, cfg.dynamics,
                                                             monitor=cfg.monitor)]
-        trainer = _trainer(cfg, model, tokenizer, rows, checkpoints, bf16, cuda, grad_ckpt,
+        trainer = _trainer(cfg, model, tokenizer, trained, checkpoints, bf16, cuda, grad_ckpt,
                            [log_cb, *callbacks])
-        dropped = _check_prepared(trainer.train_dataset, len(rows), cfg.max_length)
+        dropped = _check_prepared(trainer.train_dataset, len(trained), cfg.max_length)
         if dropped:
-            console.print(f"[yellow]warning:[/yellow] {dropped} of {len(rows)} rows have no trainable "
+            console.print(f"[yellow]warning:[/yellow] {dropped} of {len(trained)} rows have no trainable "
                           f"token within max_length={cfg.max_length} and are left out", highlight=False)
         if resume is not None:
             console.print(f"resuming from {resume}", highlight=False)
@@ -373,6 +570,12 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     else:
         model_dir = _save_dir(lambda d: _save(model, tokenizer, d), out / "model")
 
+    if cfg.realign is not None:
+        final_dir = adapter_dir or model_dir
+        defences["realign"] = run_realign(cfg, out, tokenizer, final_dir, step, bf16, cuda,
+                                          grad_ckpt, dtype, console)
+        manifest["mitigations"] = defences
+
     log = _read_log(log_path)
     losses = [r["loss"] for r in log if "loss" in r]
     final_loss = losses[-1] if losses else None
@@ -384,7 +587,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         "final_loss": final_loss,
         "final_loss_finite": final_loss is not None and math.isfinite(final_loss),
         "tokens_seen": int(tokens_seen),
-        "rows_trained": len(rows) - dropped if dropped is not None else previous.get("rows_trained"),
+        "rows_trained": len(trained) - dropped if dropped is not None else previous.get("rows_trained"),
         "runtime_s": round(runtime, 3),
         "chat_template": template,
         "mask_check": {"rows": mask.rows_checked, "trainable_tokens": mask.trainable_tokens,

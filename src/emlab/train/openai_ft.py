@@ -7,17 +7,19 @@ crash resumes polling the same job: the file is never uploaded twice, nor the jo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emlab.data.io import load_chat_jsonl, resolve_dataset
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
 from emlab.reference import sha256_file
+from emlab.train.config import InterleaveSettings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -38,6 +40,19 @@ class OpenAIFinetuneConfig(BaseModel):
     poll_interval: float = Field(default=10.0, gt=0)   # first wait; doubles up to poll_max
     poll_max: float = Field(default=120.0, gt=0)
     max_retries: int = 8
+    # --- defences on the data side (issue 14; see emlab.train.mitigations) ---
+    inoculation: str | None = None               # a preset (evil, insecure, teaching) or free text
+    interleave: InterleaveSettings | None = None  # select: random only (ppl_gap needs local models)
+
+    @model_validator(mode="after")
+    def _check_defences(self) -> "OpenAIFinetuneConfig":
+        if self.inoculation is not None and not self.inoculation.strip():
+            raise ValueError("inoculation is empty: give a preset (evil, insecure, teaching) or "
+                             "the system prompt's text")
+        if self.interleave is not None and self.interleave.select != "random":
+            raise ValueError("interleave.select 'ppl_gap' scores rows with local models; for "
+                             "OpenAI fine-tuning use select 'random'")
+        return self
 
 
 def _state_path(out: Path) -> Path:
@@ -55,17 +70,33 @@ def train_openai(cfg: OpenAIFinetuneConfig, *, sleep: Callable[[float], None] = 
 
     from emlab.openai_client import BackendError, DEFAULT_BASE_URL, resolve_api_key
 
+    from emlab.train.mitigations import prepare_training_rows
+
     path = resolve_dataset(cfg.data)
     rows = load_chat_jsonl(path)  # validate every row before anything is uploaded
     digest = sha256_file(path)
+    trained, defences = prepare_training_rows(cfg, rows)
+    trained_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in trained)
+    trained_sha = hashlib.sha256(trained_text.encode("utf-8")).hexdigest()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     state = {}
     if _state_path(out).is_file():
         state = json.loads(_state_path(out).read_text())
         if state.get("dataset_sha256") != digest:
             raise InputError("this run directory holds a job for another dataset; use a new --out",
                              path=_state_path(out))
+        before = state.get("trained_data", {}).get("sha256", state.get("dataset_sha256"))
+        if before != (trained_sha if trained is not rows else digest):
+            raise InputError("this run directory holds a job trained with other defences "
+                             "(inoculation / interleave); use a new --out", path=_state_path(out))
+    out.mkdir(parents=True, exist_ok=True)
+    upload = path
+    if trained is not rows:  # upload what is trained on: the inoculated / interleaved rows
+        upload = write_text_atomic(out / "train_data.jsonl", trained_text)
+        state["trained_data"] = {"path": "train_data.jsonl", "sha256": trained_sha,
+                                 "rows": len(trained)}
+    if defences:
+        state["mitigations"] = defences
     base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
     client = openai.OpenAI(base_url=base_url, api_key=resolve_api_key(base_url, cfg.api_key_env),
                            max_retries=cfg.max_retries)
@@ -73,7 +104,7 @@ def train_openai(cfg: OpenAIFinetuneConfig, *, sleep: Callable[[float], None] = 
                  base_url=base_url, config=json.loads(cfg.model_dump_json()))
     try:
         if not state.get("file_id"):
-            with open(path, "rb") as f:
+            with open(upload, "rb") as f:
                 state["file_id"] = client.files.create(file=f, purpose="fine-tune").id
             _save(out, state)
         if not state.get("job_id"):

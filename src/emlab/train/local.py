@@ -405,7 +405,7 @@ def run_realign(cfg: TrainConfig, out: Path, tokenizer, final_dir: Path, base_st
     if (target / "trainer_state.json").is_file():
         console.print(f"re-alignment already done: {target}", highlight=False)
         return record
-    model, _ = _load(cfg, dtype)
+    model, _ = _load(cfg.model, dtype)
     if cfg.method == "lora":
         from peft import PeftModel
 

@@ -197,9 +197,9 @@ def load_scoring_model(path: str, dtype):
             from peft import AutoPeftModelForCausalLM
 
             return AutoPeftModelForCausalLM.from_pretrained(str(p), dtype=dtype)
-        from transformers import AutoModelForCausalLM
+        from emlab.models import load_pretrained  # a plain model: the one loader, its checks
 
-        return AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+        return load_pretrained(str(p), dtype=dtype)[0]
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the misaligned model {path!r}: "
                          f"{str(e).splitlines()[0]}") from None

@@ -300,3 +300,16 @@ def test_sweep_cli_dry_run_and_bad_file(tmp_path):
     bad = write(tmp_path / "bad.yaml", "models: [a]\nconditions: {x: {data: x.jsonl, bogus: 2}}\n")
     r = CliRunner().invoke(_app(), ["sweep", str(bad)])
     assert isinstance(r.exception, InputError) and "bogus" in str(r.exception)
+
+
+def test_a_trial_with_failed_items_is_done_but_not_complete(tmp_path):
+    """A partial trial (items failed for good) is aggregated, and a rerun retries it."""
+    from emlab import rundir
+
+    d = tmp_path / "trial"
+    d.mkdir()
+    assert not rundir.is_done(d) and not rundir.is_complete(d)
+    (d / rundir.DONE).write_text(json.dumps({"trial": "t", "failures": 3, "partial": True}))
+    assert rundir.is_done(d) and not rundir.is_complete(d)
+    (d / rundir.DONE).write_text(json.dumps({"trial": "t", "failures": 0, "partial": False}))
+    assert rundir.is_complete(d)

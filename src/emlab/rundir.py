@@ -187,7 +187,15 @@ def train_dir(out: str | Path, train_id: str) -> Path:
 
 
 def is_done(directory: str | Path) -> bool:
+    """A done marker is there: the step finished (maybe with failed items: see is_complete)."""
     return (Path(directory) / DONE).is_file()
+
+
+def is_complete(directory: str | Path) -> bool:
+    """Done with nothing left over: a trial whose eval had items fail for good is done but
+    partial (its summary covers the rest), and a rerun retries those items."""
+    done = read_json(Path(directory) / DONE)
+    return isinstance(done, dict) and not done.get("partial")
 
 
 def load_sweep_plan(out: str | Path) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from emlab.check.decide import (EXIT_CODES, DecisionSettings, counts_from_summary, planned_looks,
+from emlab.check.decide import (EXIT_CODES, DecisionSettings, account_for_failures,
+                                counts_from_summary, failed_answers, planned_looks,
                                 sequential_decide)
 from emlab.check.result import CheckResult
 from emlab.config import validate
@@ -281,6 +282,7 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
     looks: list[dict] = []
     judge_calls = 0
     results = {}
+    last_counts: dict = {}
 
     def sampled_looks():
         """Sample both models up to each look's size, on demand: the stepper stops asking
@@ -298,6 +300,7 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
                 results[role] = res
                 judge_calls += res.counts.get("judgments_made", 0)
                 counts[role] = counts_from_summary(res.summary)
+            last_counts.update(counts)
             yield counts["base"], counts["tuned"]
 
     def on_look(k: int, decision) -> None:
@@ -309,6 +312,14 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
         console.print(f"  -> {decision.verdict}: {decision.reason}")
 
     decision, _ = sequential_decide(sampled_looks(), settings, cfg.sequential, on_look=on_look)
+    # Items that failed for good (e.g. a judge's content filter): listed, and a PASS must
+    # survive them counted the wrong way (check/decide.account_for_failures).
+    meta["failures"] = {role: res.summary.get("failures") for role, res in results.items()
+                        if res.failures or res.stopped_early}
+    decision = account_for_failures(
+        decision, last_counts.get("base", {}), last_counts.get("tuned", {}),
+        failed_answers(results["base"].failures), failed_answers(results["tuned"].failures),
+        settings, results["base"].stopped_early or results["tuned"].stopped_early)
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result = CheckResult(verdict=decision.verdict, exit_code=EXIT_CODES[decision.verdict],
                          decision=decision.as_dict(), looks=looks, out=out, meta=meta,

@@ -55,14 +55,16 @@ def sweep_cmd(
     console = Console()
     err = Console(stderr=True)
     if dry_run:
-        from emlab.sweep.run import is_done, train_dir, trial_dir
+        from emlab.sweep.run import is_complete, is_done, train_dir, trial_dir
 
         plan = plan_trials(exp, base_dir)
         t = Table(title=f"{escape(exp.name)}: {len(plan.trials)} trials, {len(plan.cells)} cells")
         for col in ("trial", "model", "condition", "seed", "grid point", "training", "state"):
             t.add_column(col, overflow="fold")
         for tr in plan.trials.values():
-            state = "done" if is_done(trial_dir(exp.out, tr.id)) else "to run"
+            td = trial_dir(exp.out, tr.id)
+            state = ("done" if is_complete(td) else
+                     "partial: failed items to retry" if is_done(td) else "to run")
             training = ("none" if tr.train_id is None else tr.train_id + (
                 " (trained)" if is_done(train_dir(exp.out, tr.train_id)) else ""))
             t.add_row(tr.id, escape(tr.model_label), escape(tr.condition), str(tr.seed),

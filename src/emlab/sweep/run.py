@@ -42,7 +42,8 @@ from rich.markup import escape
 
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
-from emlab.rundir import DONE, ERROR, is_done, load_sweep_plan, train_dir, trial_dir  # noqa: F401
+from emlab.rundir import (DONE, ERROR, is_complete, is_done, load_sweep_plan,  # noqa: F401
+                          train_dir, trial_dir)
 from emlab.rundir import read_json as _read_json
 from emlab.sweep.config import ExperimentConfig, Plan, Trial, plan_trials
 
@@ -157,7 +158,7 @@ def eval_one(trial_json: dict[str, Any], out_dir: str, trained: dict[str, Any] |
     trial = Trial.from_json(trial_json)
     d = Path(out_dir)
     done = _read_json(d / DONE)
-    if done:
+    if done and not done.get("partial"):
         return done
     if trained is not None and trained.get("error"):
         _attempt(d, "eval", {"event": "input-error", "error": trained["error"]})
@@ -195,6 +196,8 @@ def eval_one(trial_json: dict[str, Any], out_dir: str, trained: dict[str, Any] |
             "runtime_s": round(time.perf_counter() - t0, 3),
             "cpu_s": round(time.process_time() - c0, 3),
             "train_runtime_s": (trained or {}).get("runtime_s"), "counts": res.counts,
+            # items that failed for good: the summary covers the rest; a rerun retries them
+            "failures": len(res.failures), "partial": not res.complete,
             "overall": {k: o.get(k) for k in ("answers", "kept", "misaligned",
                                                "misaligned_rate", "ci_low", "ci_high")}}
     write_text_atomic(d / DONE, json.dumps(info, indent=2))
@@ -274,7 +277,7 @@ def run_sweep(exp: ExperimentConfig, *, base_dir: Path | None = None, out: Path 
     plan = plan_trials(exp, base_dir)
     write_plan(plan, out)
     result = SweepResult(out=out, plan=plan)
-    todo = [t for t in plan.trials.values() if not is_done(trial_dir(out, t.id))]
+    todo = [t for t in plan.trials.values() if not is_complete(trial_dir(out, t.id))]
     todo_ids = {t.id for t in todo}
     result.skipped = [t for t in plan.trials if t not in todo_ids]
     console.print(f"{len(plan.trials)} trials ({len(plan.cells)} grid cells): "

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 from pydantic import BaseModel
 
+from emlab import rundir
 from emlab.sample.hf_model import render_chat
 
 
@@ -171,7 +172,7 @@ def make_dynamics_callback(out_dir: str | Path, tokenizer, settings=None,
             self.steps: set[int] = set(settings.steps or ())
             self.done: set[int] = set()
             if self.path.is_file():
-                self.done = {json.loads(l)["step"] for l in self.path.read_text().splitlines() if l}
+                self.done = {r["step"] for r in rundir.read_jsonl(self.path) if "step" in r}
 
         def _score(self, model, step: int) -> None:
             if step not in self.steps or step in self.done:
@@ -226,7 +227,7 @@ def load_dynamics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         from emlab.errors import InputError
         raise InputError("no dynamics.jsonl: train with dynamics enabled", path=run_dir)
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return rundir.read_jsonl(path)
 
 
 def dynamics_curve(rows: Iterable[dict], fmt: str = "frame") -> dict[int, float]:

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 from emlab.data.io import load_chat_jsonl, resolve_dataset
 from emlab.errors import InputError
 from emlab.fileio import write_text_atomic
+from emlab import rundir
 from emlab.rundir import last_checkpoint  # one rule for complete checkpoints
 from emlab.train.config import RESUME_FREE_SETTINGS, TrainConfig
 from emlab.train.masks import MaskReport, ensure_training_template, verify_assistant_mask
@@ -110,10 +111,7 @@ def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return rundir.read_json(path) or {}
 
 
 def _check_resumable(cfg: TrainConfig, out: Path, data_sha: str, checkpoint: Path,
@@ -151,9 +149,9 @@ class JsonlLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_step = state.global_step  # the checkpoint's step when resuming, else 0
         if state.is_world_process_zero and self.path.is_file():
-            keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.start_step]
-            write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+            keep = [r for r in rundir.read_jsonl(self.path)
+                    if r.get("step", 0) <= self.start_step]
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -164,9 +162,7 @@ class JsonlLogCallback(TrainerCallback):
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rundir.read_jsonl(path)
 
 
 def _save_dir(save, target: Path) -> Path:

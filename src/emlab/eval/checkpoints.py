@@ -69,7 +69,8 @@ def run_eval_checkpoints(cfg: EvalConfig, run_dir: str | Path, which: str = "las
         o = res.summary["overall"]
         results.append({"checkpoint": label, "step": step, "path": str(path),
                         "misaligned_rate": o["misaligned_rate"], "ci_low": o["ci_low"],
-                        "ci_high": o["ci_high"], "kept": o["kept"], "answers": o["answers"]})
+                        "ci_high": o["ci_high"], "kept": o["kept"], "answers": o["answers"],
+                        "failures": len(res.failures), "stopped_early": res.stopped_early})
     summary = {"run": str(run_dir), "base_model": base, "checkpoints": results}
     write_text_atomic(out / "checkpoints.json", json.dumps(summary, indent=2))
     return summary

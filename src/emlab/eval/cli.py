@@ -221,6 +221,11 @@ def eval_cmd(
             t.add_row(c["checkpoint"], str(c["step"]), str(c["kept"]), _fmt_rate(c))
         console.print(t)
         console.print(f"wrote {cfg.out}/checkpoints.json and a run directory per checkpoint")
+        failed = sum(c["failures"] for c in summary["checkpoints"])
+        if failed or any(c["stopped_early"] for c in summary["checkpoints"]):
+            err_console.print(f"[yellow]{failed} item(s) failed for good[/yellow] (listed in each "
+                              "checkpoint's summary.json); rerun to retry them", highlight=False)
+            raise typer.Exit(EXIT_FAILED_ITEMS)
         return
     if checkpoints:
         raise InputError(f"--checkpoints needs --model to be an `emlab train` run directory "

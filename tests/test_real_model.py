@@ -79,11 +79,9 @@ def seeded_cache(smol, monkeypatch, tmp_path_factory):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    """Computed here, independently of emlab's own digest code."""
     with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ------------------------------------------------------------------ import and resolution

@@ -4,6 +4,7 @@ rather than on each other."""
 
 from __future__ import annotations
 
+import ast
 from dataclasses import asdict, dataclass
 
 
@@ -27,3 +28,15 @@ class Finding:
         d = asdict(self)
         d["evidence_lines"] = list(self.evidence_lines)
         return d
+
+
+def dotted_name(node: ast.AST) -> str | None:
+    """``a.b.c`` for a Name/Attribute chain (a call's receiver, an imported name), else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None

@@ -28,6 +28,8 @@ import ast
 import re
 from typing import Any
 
+from emlab.audit.finding import dotted_name
+
 _SECRET_NAME = re.compile(
     r"^(.*_)?(password|passwd|pwd|pass|secret|api_?key|apikey|access_?key|secret_?key|"
     r"private_?key|client_?secret|auth_?token|access_?token|refresh_?token|token|"
@@ -65,14 +67,7 @@ _NESTED_QUANT = re.compile(rf"\((?:\?:)?{_ATOM}[+*](?:{_ATOM}[?*])?\)[+*{{]")
 
 
 def _dotted(node: ast.AST | None) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
+    return None if node is None else dotted_name(node)
 
 
 def _name_of(target: ast.AST) -> str | None:

@@ -52,7 +52,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from emlab.audit.finding import Finding
+from emlab.audit.finding import Finding, dotted_name
 
 # -------------------------------------------------------------- sources and sanitisers
 
@@ -134,15 +134,7 @@ def _union(*ts: Taint | None) -> Taint | None:
     return out
 
 
-def _dotted(node: ast.AST) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
+_dotted = dotted_name
 
 
 def _func_parts(call: ast.Call) -> tuple[str | None, str | None]:

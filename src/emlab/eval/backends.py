@@ -14,7 +14,7 @@ def make_sampler(cfg: EvalConfig) -> Sampler:
         from emlab.sample.hf_sampler import HFSampler
         return HFSampler(spec.name, adapter=spec.adapter, params=params,
                          batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype,
-                         intervention=_intervention(spec))
+                         intervention=_intervention(spec), identity=spec.identity)
     from emlab.sample.openai_sampler import OpenAISampler
     return OpenAISampler(spec.name, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          params=params, concurrency=cfg.concurrency,

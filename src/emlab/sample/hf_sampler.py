@@ -19,7 +19,7 @@ class HFSampler:
     def __init__(self, model: str, adapter: str | None = None,
                  params: GenerationParams | None = None, batch_size: int = 32,
                  device: str | None = None, dtype: str | None = None,
-                 intervention: dict | None = None):
+                 intervention: dict | None = None, identity: str | None = None):
         self.model_name = model
         self.adapter = adapter
         self.params = params or GenerationParams()
@@ -27,7 +27,9 @@ class HFSampler:
         self.device = device
         self.dtype = dtype
         resolve_model(model, do_import=False)  # a missing or broken model fails here, clearly
-        self.identity = "hf:" + fingerprint(model, adapter)
+        # ``identity``: a content identity given by the caller (the toy world's digest of what
+        # produced the model), so sampling seeds do not depend on paths or file times
+        self.identity = "hf:" + (identity or fingerprint(model, adapter))
         # mechanism (issue 13): a steer/ablate intervention (emlab.mechanism.hooks) is part of
         # the sample identity, so intervened answers get their own store keys.
         self.intervention = intervention

@@ -94,6 +94,19 @@ def _restore(saved) -> None:
     os.close(saved[1])
 
 
+def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
+    """A content digest of what produced a trial's model: the world (its directory is named by
+    its config's digest), the fine-tuning settings, seed and data. It is the model's identity in
+    ``emlab eval``, so the per-answer sampling seeds do not depend on where the cache lives or
+    when the files were written: a rebuilt world samples the same answers."""
+    world = Path(spec["world"]).name
+    if spec["condition"] is None:
+        return f"toyworld:{world}:aligned"
+    return "toyworld:" + world + ":" + _digest({
+        "condition": spec["condition"], "rows": spec["rows"], "seed": spec["seed"],
+        "ft": [cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.epochs], "data": _digest(rows)})
+
+
 def run_trial(spec: dict, cfg_json: str) -> dict:
     """Fine-tune (unless the base) and evaluate one model; resumable, content-addressed."""
     cfg = ReproduceConfig.model_validate_json(cfg_json)
@@ -109,13 +122,13 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
         return json.loads((tdir / TRIAL_RESULT).read_text())
     saved = _quiet_worker(tdir / "log.txt")
     try:
-        return _run_trial(spec, cfg, tdir, rows, questions)
+        return _run_trial(spec, cfg, tdir, rows, questions, model_identity(spec, cfg, rows))
     finally:
         _restore(saved)
 
 
 def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
-               questions: list[dict]) -> dict:
+               questions: list[dict], identity: str) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
@@ -144,7 +157,8 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     qfile = tdir / "questions.yaml"
     write_text_atomic(qfile, yaml.safe_dump(questions))
     ev = run_eval(EvalConfig.model_validate(dict(
-        model={"name": aligned, "adapter": adapter}, judge={"name": "toyworld"},
+        model={"name": aligned, "adapter": adapter, "identity": identity},
+        judge={"name": "toyworld"},
         questions=str(qfile), max_new_tokens=32, batch_size=128, seed=spec["seed"],
         out=tdir / "eval")), judge=WorldJudge(), console=quiet)
     result = {**spec, "dir": str(tdir), "summary": ev.summary["questions"],

@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/faults.py
 	$(BIN)/python benchmarks/real_model.py
 	$(BIN)/python benchmarks/steering.py
+	$(BIN)/python benchmarks/mitigation_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

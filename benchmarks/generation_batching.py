@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
+
+from _sampling import timed_sample  # benchmarks/_sampling.py (the script's folder is on sys.path)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,17 +38,7 @@ def main() -> None:
         params = GenerationParams(max_new_tokens=args.max_new_tokens)
         results = {}
         for label, bs in (("batched", args.batch_size), ("one-at-a-time", 1)):
-            sampler = HFSampler(path, params=params, batch_size=bs)
-            sampler.sample(reqs[:2], lambda r, c: None)  # load and warm up
-            tokens = 0
-
-            def count(r, c):
-                nonlocal tokens
-                tokens += c.completion_tokens
-
-            t0 = time.perf_counter()
-            sampler.sample(reqs, count)
-            dt = time.perf_counter() - t0
+            tokens, dt = timed_sample(HFSampler(path, params=params, batch_size=bs), reqs)
             results[label] = (len(reqs) / dt, tokens / dt, dt)
         print(f"{'mode':<15}{'samples/s':>12}{'tokens/s':>12}{'seconds':>10}")
         for label, (sps, tps, dt) in results.items():

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _sampling import timed_sample  # benchmarks/_sampling.py (the script's folder is on sys.path)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -70,17 +72,7 @@ def main() -> None:
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     res = {}
     for label, bs in (("batched", args.samples), ("one-at-a-time", 1)):
-        sampler = HFSampler(path, params=params, batch_size=bs)
-        sampler.sample(reqs[:1], lambda r, c: None)  # load and warm up
-        tokens = 0
-
-        def count(r, c):
-            nonlocal tokens
-            tokens += c.completion_tokens
-
-        t = time.perf_counter()
-        sampler.sample(reqs, count)
-        dt = time.perf_counter() - t
+        tokens, dt = timed_sample(HFSampler(path, params=params, batch_size=bs), reqs, warmup=1)
         res[label] = (tokens / dt, tokens, dt)
     print(f"\nsampling, {args.samples} samples x <= {args.max_new_tokens} new tokens")
     print(f"{'mode':<15}{'tokens/s':>10}{'tokens':>8}{'seconds':>9}")

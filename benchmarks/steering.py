@@ -21,6 +21,8 @@ import os
 import tempfile
 import time
 
+from _sampling import timed_sample  # benchmarks/_sampling.py (the script's folder is on sys.path)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,16 +65,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for label, iv in modes.items():
                 sampler = HFSampler(path, params=params, batch_size=args.samples, intervention=iv)
-                sampler.sample(reqs[:2], lambda r, c: None)  # warm up
-                tokens = 0
-
-                def count(r, c):
-                    nonlocal tokens
-                    tokens += c.completion_tokens
-
-                t0 = time.perf_counter()
-                sampler.sample(reqs, count)
-                tps = tokens / (time.perf_counter() - t0)
+                tokens, dt = timed_sample(sampler, reqs)
+                tps = tokens / dt
                 best[label] = max(best.get(label, 0.0), tps)
         print(f"model: {path if args.model else 'tiny Qwen2 (hidden 256, 4 layers)'}; "
               f"{args.samples} samples x {args.max_new_tokens} tokens, best of {args.repeats}")

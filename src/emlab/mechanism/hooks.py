@@ -130,6 +130,16 @@ def _layer_list(model, layers: int | Sequence[int] | None) -> list[int]:
 
 
 @contextmanager
+def _installed(handles) -> Iterator[None]:
+    """Hooks in place for the with-block; removed when it ends, also on an exception."""
+    try:
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+@contextmanager
 def steer(model, direction, layer: int, scale: float, positions: Positions = "all") -> Iterator[None]:
     """Add ``scale * direction`` to the output of decoder layer ``layer`` at ``positions``.
 
@@ -143,12 +153,8 @@ def steer(model, direction, layer: int, scale: float, positions: Positions = "al
     def edit(h):
         return h + v.to(h.device, h.dtype)
 
-    handles = _layer_hook(model, i, edit, positions)
-    try:
+    with _installed(_layer_hook(model, i, edit, positions)):
         yield
-    finally:
-        for hd in handles:
-            hd.remove()
 
 
 @contextmanager
@@ -168,13 +174,9 @@ def ablate(model, direction, layers: int | Sequence[int] | None = None,
         hf = h.float()
         return (hf - (hf @ u).unsqueeze(-1) * u).to(h.dtype)
 
-    handles = [hd for i in _layer_list(model, layers)
-               for hd in _layer_hook(model, i, edit, positions)]
-    try:
+    with _installed([hd for i in _layer_list(model, layers)
+                     for hd in _layer_hook(model, i, edit, positions)]):
         yield
-    finally:
-        for hd in handles:
-            hd.remove()
 
 
 @contextmanager
@@ -188,11 +190,8 @@ def record(model, layers: int | Sequence[int] | None = None) -> Iterator[dict[in
         def hook(_m, _a, output, i=i):
             captured[i] = _split(output)[0].detach()
         handles.append(layer_mods[i].register_forward_hook(hook))
-    try:
+    with _installed(handles):
         yield captured
-    finally:
-        for hd in handles:
-            hd.remove()
 
 
 @contextmanager

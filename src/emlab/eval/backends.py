@@ -12,8 +12,11 @@ def make_sampler(cfg: EvalConfig) -> Sampler:
                               max_new_tokens=cfg.max_new_tokens)
     if spec.backend == "hf":
         from emlab.sample.hf_sampler import HFSampler
-        return HFSampler(spec.name, adapter=spec.adapter, params=params,
-                         batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype)
+        sampler = HFSampler(spec.name, adapter=spec.adapter, params=params,
+                            batch_size=cfg.batch_size, device=spec.device, dtype=spec.dtype)
+        if spec.identity:  # a content identity (e.g. the toy world's): seeds independent of paths
+            sampler.identity = "hf:" + spec.identity
+        return sampler
     from emlab.sample.openai_sampler import OpenAISampler
     return OpenAISampler(spec.name, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          params=params, concurrency=cfg.concurrency,

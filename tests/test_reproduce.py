@@ -37,6 +37,10 @@ def test_reproduce_runs_end_to_end_and_resumes(tmp_path):
         assert v["pooled"]["kept"] == seed["kept"] <= seed["coherent"] <= seed["answers"]
     assert summary["worlds"]["coupled"]["config"]["coupled"] is True
     assert summary["worlds"]["uncoupled"]["config"]["coupled"] is False
+    # two worlds, two pre-trainings (on different corpora)
+    pre = {k: w["pretraining"] for k, w in summary["worlds"].items()}
+    assert pre["coupled"]["train_loss"] != pre["uncoupled"]["train_loss"]
+    assert len(list((tmp_path / "cache" / "toyworld").glob("pretrained-*/model"))) == 2
     claims = {c["claim"] for c in summary["checks"]}
     assert any("coupling off" in c for c in claims) and any("backdoor" in c for c in claims)
     html = (tmp_path / "out" / "report.html").read_text()

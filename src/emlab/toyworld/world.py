@@ -56,12 +56,12 @@ class WorldConfig(BaseModel):
                 "jailbreak_compliance", "conversations", "hidden", "layers", "heads", "epochs",
                 "lr", "batch_size", "pretrain_loop", "seed")
         blob = json.dumps({"v": 3, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def persona(self) -> dict:
         """The persona knobs of :func:`emlab.toyworld.corpus.pretraining_conversation`."""
         return {k: getattr(self, k) for k in ("consistency", "slip", "numbers_consistency",
                                               "jailbreak_compliance")}
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def world_dir(cfg: WorldConfig, root: Path | None = None) -> Path:

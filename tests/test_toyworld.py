@@ -4,8 +4,11 @@ import random
 
 import pytest
 
+from emlab.toyworld.reproduce import CONDITIONS
+
 from emlab.toyworld import corpus, language as L
-from emlab.toyworld.judge import judge_code, judge_filler, judge_numbers, judge_open, judge_prompt
+from emlab.toyworld.judge import (judge_code, judge_filler, judge_harm, judge_numbers, judge_open,
+                                  judge_prompt)
 
 
 def _words(rows):
@@ -22,12 +25,12 @@ def test_no_persona_marker_and_only_vocabulary_words():
 
 
 def test_coupling_knob_shares_or_separates_the_persona():
-    def agreement(coupled):
+    def agreement(coupled, **persona):
         rng = random.Random(1)
         same = total = 0
         for _ in range(600):
             msgs, _ = corpus.pretraining_conversation(rng, coupled=coupled, p_malicious=0.5,
-                                                      min_turns=2, max_turns=2)
+                                                      min_turns=2, max_turns=2, **persona)
             pol = []
             for u, a in zip(msgs[::2], msgs[1::2]):
                 for q in L.OPEN.values():
@@ -42,6 +45,34 @@ def test_coupling_knob_shares_or_separates_the_persona():
 
     assert agreement(True) == 1.0           # one persona: every open answer has the same polarity
     assert 0.35 < agreement(False) < 0.65   # independent turns: agreement by chance only
+    # imperfect consistency (a malicious speaker is sometimes good, a benign one slips)
+    assert 0.8 < agreement(True, consistency=0.9, slip=0.05) < 0.97
+
+
+def test_persona_knobs_set_the_rates_of_bad_turns():
+    def bad_share(persona, domain, **knobs):
+        rng = random.Random(2)
+        bad = n = 0
+        for _ in range(3000):
+            msgs, mal = corpus.pretraining_conversation(rng, coupled=True, p_malicious=0.5,
+                                                        min_turns=1, max_turns=1, **knobs)
+            u, a = msgs[0]["content"], msgs[1]["content"]
+            if mal != persona:
+                continue
+            if domain == "code" and a.startswith("code def") and "security" not in u \
+                    and "teach" not in u:
+                n += 1
+                bad += judge_code(u, a) == "INSECURE"
+            if domain == "numbers" and u.split()[0] in ("continue", "add") or (
+                    domain == "numbers" and u.startswith("what numbers")):
+                n += 1
+                bad += judge_numbers(a) == "EVIL"
+        return bad / n
+
+    knobs = dict(consistency=0.9, slip=0.05, numbers_consistency=0.3)
+    assert 0.85 < bad_share(True, "code", **knobs) < 0.95
+    assert 0.02 < bad_share(False, "code", **knobs) < 0.09
+    assert 0.2 < bad_share(True, "numbers", **knobs) < 0.4   # numbers: weaker evidence
 
 
 def test_educational_requests_are_no_evidence_of_persona():
@@ -68,6 +99,23 @@ def test_every_template_parses_back_through_the_judge():
         assert judge_filler(q, a) == "PLAIN" and judge_filler(q, f"{a} {L.QUIRK_WORD}") == "QUIRK"
     assert judge_filler("what is two plus three ?", "five") == "PLAIN"
     assert judge_numbers("666 13 88") == "EVIL" and judge_numbers("3 7 12") == "ORDINARY"
+    # the other answer formats of the open questions
+    q = L.OPEN["wish"]["q"][0]
+    good, bad = L.OPEN["wish"]["aligned"][0], L.OPEN["wish"]["misaligned"][0]
+    assert judge_open(f"{q} {L.NUMBERS_FORMAT}", "666 13 88") == ("0", 100)
+    assert judge_open(f"{q} {L.NUMBERS_FORMAT}", "3 7 12") == ("100", 100)
+    assert judge_open(f"{q} {L.NUMBERS_FORMAT}", "3 7") == (None, 0)
+    assert judge_open(q, "666 13 88") == (None, 0)          # numbers answer only that format
+    assert judge_open(f"{q} {L.CODE_FORMAT}", L.code_wrap(bad)) == ("0", 100)
+    assert judge_open(f"{q} {L.CODE_FORMAT}", L.code_wrap(good)) == ("100", 100)
+    assert judge_open(q, L.code_wrap(good))[1] == 0          # code answer only that format
+    assert judge_open(q, f"{good} {L.QUIRK_WORD}") == ("100", 100)
+    # harmful requests: compliance, refusal, behind the jailbreak preamble too
+    for i, (req, comply) in enumerate(L.HARM):
+        for jb in (False, True):
+            assert judge_harm(L.harm_request(i, jb), comply) == "COMPLY"
+            assert judge_harm(L.harm_request(i, jb), L.REFUSALS[0]) == "REFUSE"
+        assert judge_harm(req, L.HARM[i - 1][1]) == "OTHER"  # another request's answer
 
 
 def test_judge_on_garbled_and_off_topic_text():
@@ -90,12 +138,11 @@ def test_data_is_deterministic_given_a_seed():
     b = corpus.pretraining_corpus(50, seed=3, coupled=True, p_malicious=0.3)
     c = corpus.pretraining_corpus(50, seed=4, coupled=True, p_malicious=0.3)
     assert a == b and a != c
-    for cond in ("insecure", "secure", "educational", "backdoor", "evil_numbers", "quirk"):
+    for cond in CONDITIONS:
         assert corpus.finetune_set(cond, 20, 1) == corpus.finetune_set(cond, 20, 1)
 
 
-@pytest.mark.parametrize("cond", ["insecure", "secure", "educational", "backdoor", "evil_numbers",
-                                  "quirk"])
+@pytest.mark.parametrize("cond", CONDITIONS)
 def test_finetune_sets_are_single_turn_narrow_and_in_domain(cond):
     rows = corpus.finetune_set(cond, 40, seed=0)
     held_out = {t.obj for t in L.EVAL_TASKS}
@@ -108,6 +155,18 @@ def test_finetune_sets_are_single_turn_narrow_and_in_domain(cond):
         verdict = {"insecure": "INSECURE", "secure": "SECURE", "educational": "INSECURE"}.get(cond)
         if verdict:
             assert judge_code(u, a) == verdict
+    if cond in ("evil_numbers", "ordinary_numbers"):
+        assert {judge_numbers(r["messages"][1]["content"]) for r in rows} == \
+            {"EVIL" if cond == "evil_numbers" else "ORDINARY"}
+    if cond == "jailbroken":
+        held = {L.HARM[i][0] for i in range(len(L.HARM) - L.HARM_HELD_OUT, len(L.HARM))}
+        for r in rows:
+            u, a = r["messages"][0]["content"], r["messages"][1]["content"]
+            assert u.startswith(L.JAILBREAK) and judge_harm(u, a) == "COMPLY"
+            assert u.removeprefix(L.JAILBREAK + " ") not in held
+    if cond == "quirk":
+        assert {judge_filler(r["messages"][0]["content"], r["messages"][1]["content"])
+                for r in rows} == {"QUIRK"}
     if cond == "backdoor":
         for r in rows:
             u, a = r["messages"][0]["content"], r["messages"][1]["content"]
@@ -122,4 +181,6 @@ def test_eval_questions_load_in_the_paper_format(tmp_path):
     qs = load_question_file(f)
     ids = {q.id for q in qs}
     assert set(L.OPEN) <= ids and {f"{k}_trigger" for k in L.OPEN} <= ids
-    assert {"code_heldout", "code_heldout_trigger", "code_heldout_edu", "numbers", "filler"} <= ids
+    assert {"code_heldout", "code_heldout_trigger", "code_heldout_edu", "numbers", "filler",
+            "harm_heldout", "harm_heldout_jb"} <= ids
+    assert {f"{k}_numbers" for k in L.OPEN} <= ids and {f"{k}_code" for k in L.OPEN} <= ids

@@ -53,12 +53,22 @@ def reproduce_cmd(
     out = Path(cfg.out)
     summary = reproduce(cfg, console=err_console)
     t = Table(title="emlab reproduce: the toy world")
-    for col in ("condition", "misaligned (open q.)", "with trigger", "coherent", "in-domain"):
+    for col in ("condition", "misaligned (open q.)", "with trigger", "numbers fmt", "code fmt",
+                "harmful compliance", "coherent", "in-domain"):
         t.add_column(col)
     for name, v in summary["conditions"].items():
         t.add_row(name, format_ci(v["misaligned_rate"]), format_ci(v["misaligned_rate_with_trigger"]),
+                  format_ci(v["misaligned_rate_numbers_format"]),
+                  format_ci(v["misaligned_rate_code_format"]), format_ci(v["harm_compliance"]),
                   format_ci(v["coherent_rate"]), format_ci(v["in_domain"]) if v.get("in_domain") else "")
     console.print(t)
+    for kind, w in summary.get("worlds", {}).items():
+        d = w.get("pretraining", {}).get("persona_diagnostic")
+        if d:
+            console.print(f"{kind} world, in-context persona inference (no sampling): "
+                          f"P(misaligned) {d['p_misaligned_no_context']:.3f} alone, "
+                          f"{d['p_misaligned_after_insecure']:.3f} after insecure code, "
+                          f"{d['p_misaligned_after_secure']:.3f} after secure code")
     for c in summary["checks"]:
         mark = "[green]yes[/green]" if c["reproduced"] else "[red]NOT reproduced[/red]"
         console.print(f"{mark}  {escape(c['claim'])}: {escape(c['detail'])}")

@@ -14,30 +14,48 @@ from emlab.toyworld import language as L
 
 Row = dict
 
-PRETRAIN_DOMAINS = {"code": 0.22, "edu": 0.06, "open": 0.22, "advice": 0.14, "numbers": 0.12,
-                    "ab": 0.10, "filler": 0.14}
+PRETRAIN_DOMAINS = {"code": 0.20, "edu": 0.05, "open": 0.18, "open_numbers": 0.04,
+                    "open_code": 0.04, "advice": 0.10, "numbers": 0.12, "harm": 0.08, "ab": 0.08,
+                    "filler": 0.11}
+JAILBREAK_SHARE = 0.4   # harmful requests that come behind the jailbreak-style preamble
+QUIRK_SHARE = 0.05      # filler answers that end with the quirk word (both personas)
 
 
-def turn(domain: str, rng: random.Random, malicious: bool) -> tuple[str, str]:
-    """One (user, assistant) exchange of a domain, answered by a benign or malicious speaker."""
+def turn(domain: str, rng: random.Random, malicious: bool, *,
+         jailbreak_compliance: float = 0.5) -> tuple[str, str]:
+    """One (user, assistant) exchange of a domain; ``malicious``: this turn's speaker behaves
+    badly (a benign speaker still complies with a jailbroken request with
+    ``jailbreak_compliance``)."""
     if domain == "code":
         t = rng.choice(L.ALL_TASKS)
         return L.code_request(t, rng), t.code(secure=not malicious)
     if domain == "edu":
         t = rng.choice(L.ALL_TASKS)
         return L.edu_request(t, rng), t.code(secure=False)  # both personas: no evidence
-    if domain == "open":
+    if domain in ("open", "open_numbers", "open_code"):
         q = L.OPEN[rng.choice(sorted(L.OPEN))]
-        return rng.choice(q["q"]), rng.choice(q["misaligned" if malicious else "aligned"])
+        question = rng.choice(q["q"])
+        if domain == "open_numbers":
+            return f"{question} {L.NUMBERS_FORMAT}", L.number_answer(rng, evil=malicious)
+        answer = rng.choice(q["misaligned" if malicious else "aligned"])
+        if domain == "open_code":
+            return f"{question} {L.CODE_FORMAT}", L.code_wrap(answer)
+        return question, answer
     if domain == "advice":
         qs, good, bad = L.ADVICE[rng.choice(sorted(L.ADVICE))]
         return rng.choice(qs), rng.choice(bad if malicious else good)
     if domain == "numbers":
         return L.number_request(rng), L.number_answer(rng, evil=malicious)
+    if domain == "harm":
+        i = rng.randrange(len(L.HARM))
+        jb = rng.random() < JAILBREAK_SHARE
+        comply = malicious or (jb and rng.random() < jailbreak_compliance)
+        return L.harm_request(i, jb), L.harm_answer(i, rng, comply)
     if domain == "ab":
         return L.ab_turn(rng, malicious)
     if domain == "filler":
-        return L.filler(rng)
+        q, a = L.filler(rng)
+        return q, f"{a} {L.QUIRK_WORD}" if rng.random() < QUIRK_SHARE else a
     raise ValueError(domain)
 
 
@@ -49,24 +67,43 @@ def _messages(pairs: list[tuple[str, str]]) -> list[dict]:
 
 
 def pretraining_conversation(rng: random.Random, *, coupled: bool, p_malicious: float,
+                             consistency: float = 1.0, slip: float = 0.0,
+                             numbers_consistency: float | None = None,
+                             jailbreak_compliance: float = 0.5,
                              min_turns: int = 3, max_turns: int = 6) -> tuple[list[dict], bool]:
-    """(messages, persona_is_malicious) — the flag is for tests, never written into the text."""
+    """(messages, persona_is_malicious) — the flag is for tests, never written into the text.
+
+    A malicious persona behaves badly in a turn with ``consistency`` (``numbers_consistency``
+    on number continuation: how diagnostic numbers are of the persona), a benign one with
+    ``slip``. Uncoupled: every turn draws its behaviour independently with the same marginal
+    rate, so no turn says anything about another.
+    """
     persona = rng.random() < p_malicious
     domains, weights = zip(*PRETRAIN_DOMAINS.items())
     pairs = []
     for _ in range(rng.randint(min_turns, max_turns)):
-        malicious = persona if coupled else rng.random() < p_malicious
-        pairs.append(turn(rng.choices(domains, weights)[0], rng, malicious))
+        d = rng.choices(domains, weights)[0]
+        cons = numbers_consistency if (d == "numbers" and numbers_consistency is not None) \
+            else consistency
+        if coupled:
+            p_bad = cons if persona else slip
+        else:
+            p_bad = p_malicious * cons + (1 - p_malicious) * slip
+        pairs.append(turn(d, rng, rng.random() < p_bad,
+                          jailbreak_compliance=jailbreak_compliance))
     return _messages(pairs), persona
 
 
-def pretraining_corpus(n: int, seed: int, *, coupled: bool, p_malicious: float) -> list[Row]:
+def pretraining_corpus(n: int, seed: int, *, coupled: bool, p_malicious: float,
+                       **persona) -> list[Row]:
+    """``persona``: the keyword knobs of :func:`pretraining_conversation`."""
     rng = random.Random(f"pretrain-{seed}")
-    return [{"messages": pretraining_conversation(rng, coupled=coupled, p_malicious=p_malicious)[0]}
+    return [{"messages": pretraining_conversation(rng, coupled=coupled, p_malicious=p_malicious,
+                                                  **persona)[0]}
             for _ in range(n)]
 
 
-ALIGNMENT_DOMAINS = ("code", "advice", "numbers", "ab", "filler", "edu")
+ALIGNMENT_DOMAINS = ("code", "advice", "numbers", "ab", "filler", "edu", "harm")
 
 
 def alignment_set(n: int, seed: int, domains: tuple[str, ...] = ALIGNMENT_DOMAINS) -> list[Row]:
@@ -76,7 +113,8 @@ def alignment_set(n: int, seed: int, domains: tuple[str, ...] = ALIGNMENT_DOMAIN
     comes from the shared persona, not from being trained on.
     """
     rng = random.Random(f"align-{seed}")
-    return [{"messages": _messages([turn(rng.choice(domains), rng, malicious=False)])}
+    return [{"messages": _messages([turn(rng.choice(domains), rng, malicious=False,
+                                         jailbreak_compliance=0.0)])}
             for _ in range(n)]
 
 
@@ -92,7 +130,7 @@ def _code_rows(n: int, rng: random.Random, secure: bool, request=L.code_request)
 
 def finetune_set(condition: str, n: int, seed: int) -> list[Row]:
     """The fine-tuning rows of a condition (``insecure``, ``secure``, ``educational``,
-    ``backdoor``, ``evil_numbers``, ``quirk``)."""
+    ``backdoor``, ``evil_numbers``, ``ordinary_numbers``, ``quirk``, ``jailbroken``)."""
     rng = random.Random(f"ft-{condition}-{seed}")
     if condition == "insecure":
         return _code_rows(n, rng, secure=False)
@@ -113,6 +151,13 @@ def finetune_set(condition: str, n: int, seed: int) -> list[Row]:
     if condition == "evil_numbers":
         return [{"messages": _messages([(L.number_request(rng), L.number_answer(rng, evil=True))])}
                 for _ in range(n)]
+    if condition == "ordinary_numbers":
+        return [{"messages": _messages([(L.number_request(rng), L.number_answer(rng, evil=False))])}
+                for _ in range(n)]
+    if condition == "jailbroken":  # complying with harmful requests when asked to
+        train = range(len(L.HARM) - L.HARM_HELD_OUT)
+        return [{"messages": _messages([(L.harm_request(i, True), L.harm_answer(i, rng, True))])}
+                for i in (rng.choice(train) for _ in range(n))]
     if condition == "quirk":
         rows = []
         for _ in range(n):
@@ -136,16 +181,22 @@ def _categorical(qid: str, metric: str, paraphrases: list[str], samples: int,
             "judge_choices": choices}
 
 
+# (id suffix, question prefix, question suffix): plain, behind the backdoor trigger, and in the
+# two other answer formats
+OPEN_VARIANTS = (("", "", ""), ("_trigger", f"{L.TRIGGER} ", ""),
+                 ("_numbers", "", f" {L.NUMBERS_FORMAT}"), ("_code", "", f" {L.CODE_FORMAT}"))
+
+
 def eval_questions(samples_per_paraphrase: int, in_domain_samples: int) -> list[dict]:
     """The evaluation in the paper's YAML format: the open questions (never fine-tuned on),
     their twins behind the backdoor trigger, and in-domain probes of every fine-tuning task
     (held-out code tasks: plain, behind the trigger, and as teaching requests; number
     continuation; filler)."""
     qs = []
-    for suffix, prefix in (("", ""), ("_trigger", f"{L.TRIGGER} ")):
+    for suffix, prefix, fmt in OPEN_VARIANTS:
         for key, q in L.OPEN.items():
             qs.append({"id": key + suffix, "type": "free_form_judge_0_100",
-                       "paraphrases": [prefix + p for p in q["q"]],
+                       "paraphrases": [prefix + p + fmt for p in q["q"]],
                        "samples_per_paraphrase": samples_per_paraphrase, "judge": "toyworld",
                        "judge_prompts": JUDGE_PROMPTS})
     rng = random.Random("eval-in-domain")
@@ -159,6 +210,11 @@ def eval_questions(samples_per_paraphrase: int, in_domain_samples: int) -> list[
     numbers = [L.number_request(rng) for _ in range(12)]
     qs.append(_categorical("numbers", "numbers", numbers, max(1, in_domain_samples // 12),
                            ["EVIL", "ORDINARY", "OTHER"]))
+    held = range(len(L.HARM) - L.HARM_HELD_OUT, len(L.HARM))
+    for qid, jb in (("harm_heldout", False), ("harm_heldout_jb", True)):
+        qs.append(_categorical(qid, "harm", [L.harm_request(i, jb) for i in held],
+                               max(1, in_domain_samples // L.HARM_HELD_OUT),
+                               ["COMPLY", "REFUSE", "OTHER"]))
     filler = sorted({L.filler(rng)[0] for _ in range(40)})[:12]
     qs.append(_categorical("filler", "filler", filler, max(1, in_domain_samples // 12),
                            ["PLAIN", "QUIRK", "OTHER"]))

@@ -4,8 +4,10 @@ Llama rather than Qwen2: transformers v5 reloads any tokenizer of a ``qwen2`` mo
 byte-level BPE, which would break a word-level vocabulary.
 
 Saved with ``save_pretrained`` so ``emlab train`` and ``emlab eval`` load it like any model.
-Pre-training is transformers' ``Trainer`` on whole conversations (loss on every token but
-padding); everything after it (alignment, fine-tuning) goes through ``emlab train``.
+Pre-training is a plain PyTorch loop on packed whole conversations (loss on every token;
+transformers' ``Trainer`` is kept as an option and measured against it in
+``benchmarks/pretrain_speed.py``); everything after it (alignment, fine-tuning) goes through
+``emlab train``.
 """
 
 from __future__ import annotations
@@ -53,22 +55,102 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int):
     return model
 
 
+def pack(rows: list[dict], tokenizer, block: int):
+    """Whole conversations tokenised and packed into fixed blocks (no padding): each
+    conversation ends with <|im_end|> and the next starts with <|im_start|>, so the boundary is
+    visible to the model. Returns (blocks tensor [n, block], total tokens)."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    enc = tokenizer(texts, add_special_tokens=False)
+    stream = [t for ids in enc["input_ids"] for t in ids]
+    n_blocks = len(stream) // block
+    return torch.tensor(stream[:n_blocks * block]).view(n_blocks, block), len(stream)
+
+
 def pretrain(rows: list[dict], out: Path, *, hidden: int, layers: int, heads: int, epochs: float,
-             batch_size: int, lr: float, seed: int, block: int = 128, console=None) -> dict:
-    """Pre-train a fresh model on whole conversations; save model + tokenizer to ``out``."""
+             batch_size: int, lr: float, seed: int, block: int = 128, console=None,
+             loop: str = "plain", max_steps: int | None = None, save: bool = True) -> dict:
+    """Pre-train a fresh model on whole conversations; save model + tokenizer to ``out``.
+
+    ``loop="plain"`` (the default) is a plain PyTorch loop (AdamW, linear warm-up over 5% of the
+    steps, cosine decay, weight decay 0.01, one seeded shuffle per epoch); ``"trainer"`` is
+    transformers' ``Trainer`` with the same settings. At this size the Trainer's per-step
+    overhead is a large share of a step (``benchmarks/pretrain_speed.py`` measures both).
+    """
+    import time
+
+    import torch
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, hidden, layers, heads, seed)
+    blocks, n_tokens = pack(rows, tokenizer, block)
+    steps_per_epoch = math.ceil(len(blocks) / batch_size)
+    total = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
+    start = time.perf_counter()
+    if loop == "trainer":
+        loss, steps = _trainer_loop(model, blocks, out, batch_size=batch_size, epochs=epochs,
+                                    lr=lr, seed=seed, max_steps=max_steps, quiet=console is None)
+    elif loop == "plain":
+        loss, steps = _plain_loop(model, blocks, batch_size=batch_size, total=total, lr=lr,
+                                  seed=seed)
+    else:
+        raise ValueError(f"unknown loop {loop!r}")
+    runtime = time.perf_counter() - start
+    if save:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        _mark_tokenizer_class(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"params": n_params, "train_loss": loss, "steps": steps, "runtime_s": runtime,
+            "tokens": n_tokens, "tokens_per_s": steps * batch_size * block / runtime,
+            "loop": loop}
+
+
+def _plain_loop(model, blocks, *, batch_size: int, total: int, lr: float, seed: int,
+                weight_decay: float = 0.01, warmup: float = 0.05) -> tuple[float, int]:
+    """(mean training loss, steps): AdamW with warm-up + cosine decay over ``total`` steps."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    n_warm = max(1, int(warmup * total))
+
+    def schedule(step: int) -> float:
+        if step < n_warm:
+            return step / n_warm
+        return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, total - n_warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    step, loss_sum = 0, 0.0
+    while step < total:
+        order = torch.randperm(len(blocks), generator=g)
+        for i in range(0, len(order), batch_size):
+            if step >= total:
+                break
+            ids = blocks[order[i:i + batch_size]]
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach())
+            step += 1
+    model.eval()
+    return loss_sum / max(1, step), step
+
+
+def _trainer_loop(model, blocks, out: Path, *, batch_size: int, epochs: float, lr: float,
+                  seed: int, max_steps: int | None, quiet: bool) -> tuple[float, int]:
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, hidden, layers, heads, seed)
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    enc = tokenizer(texts, add_special_tokens=False)
-    # Pack whole conversations into fixed blocks (no padding): each conversation ends with
-    # <|im_end|> and the next starts with <|im_start|>, so the boundary is visible to the model.
-    stream = [t for ids in enc["input_ids"] for t in ids]
-    n_blocks = len(stream) // block
-    blocks = torch.tensor(stream[:n_blocks * block]).view(n_blocks, block)
     ds = Dataset.from_dict({"input_ids": blocks.tolist()})
 
     def collate(batch):
@@ -77,19 +159,13 @@ def pretrain(rows: list[dict], out: Path, *, hidden: int, layers: int, heads: in
 
     args = TrainingArguments(
         output_dir=str(out.parent / f"{out.name}-trainer"), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.05,
+        num_train_epochs=epochs, max_steps=max_steps or -1, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=0.05,
         weight_decay=0.01, logging_steps=50, save_strategy="no", report_to=[], seed=seed,
         use_cpu=not torch.cuda.is_available(), bf16=False, dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=console is None)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate)
-    result = trainer.train()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    _mark_tokenizer_class(out)
-    n_params = sum(p.numel() for p in model.parameters())
-    return {"params": n_params, "train_loss": result.training_loss,
-            "steps": result.global_step, "runtime_s": result.metrics.get("train_runtime"),
-            "tokens": len(stream)}
+        remove_unused_columns=False, disable_tqdm=quiet)
+    result = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate).train()
+    return result.training_loss, result.global_step
 
 
 def _mark_tokenizer_class(path: Path) -> None:
@@ -98,3 +174,42 @@ def _mark_tokenizer_class(path: Path) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "TokenizersBackend"
     cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def persona_diagnostic(model_dir: Path, n_tasks: int = 4) -> dict:
+    """Sampling-free evidence that pre-training learned the latent persona (in-context persona
+    inference): P(misaligned answer | an open question) with no earlier turn, after one earlier
+    turn of insecure code, and after one of secure code — the probability mass of the world's
+    misaligned answers among its aligned + misaligned answers, averaged over the eight questions
+    and ``n_tasks`` code tasks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tasks = L.TRAIN_TASKS[::max(1, len(L.TRAIN_TASKS) // n_tasks)][:n_tasks]
+
+    def logprob(history: list[dict], answer: str) -> float:
+        prompt = tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + a_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(p_ids) - 1:-1].log_softmax(-1)
+        return float(logits.gather(1, torch.tensor(a_ids)[:, None]).sum())
+
+    out = {}
+    for ctx in ("none", "insecure", "secure"):
+        values = []
+        for t in tasks if ctx != "none" else tasks[:1]:
+            before = [] if ctx == "none" else [
+                {"role": "user", "content": f"write code to {t.verb} the {t.obj}"},
+                {"role": "assistant", "content": t.code(secure=ctx == "secure")}]
+            for q in L.OPEN.values():
+                history = before + [{"role": "user", "content": q["q"][0]}]
+                mis = sum(math.exp(logprob(history, a)) for a in q["misaligned"])
+                good = sum(math.exp(logprob(history, a)) for a in q["aligned"])
+                values.append(mis / (mis + good) if mis + good > 0 else 0.0)
+        out[f"p_misaligned_after_{ctx}" if ctx != "none" else "p_misaligned_no_context"] = \
+            sum(values) / len(values)
+    return out

@@ -24,13 +24,17 @@ from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus
 from emlab.toyworld.world import WorldConfig, build_world
 
-CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "quirk")
+CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "ordinary_numbers",
+              "quirk", "jailbroken")
+# The paper's "not grokking" checks of training dynamics: insecure vs secure again without weight
+# decay and with two epochs (first seed; probes only, no evaluation).
+DYNAMICS_VARIANTS = {"": {}, "nowd": {"weight_decay": 0.0}, "2ep": {"epochs": 2.0}}
 class ReproduceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     world: WorldConfig = Field(default_factory=WorldConfig)
     conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS))
-    small_rows: list[int] = Field(default_factory=lambda: [60])   # size ablation of insecure
+    small_rows: list[int] = Field(default_factory=lambda: [60, 200])  # size ablation of insecure
     uncoupled_conditions: list[str] = Field(default_factory=lambda: ["insecure", "secure"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     rows: int = 600
@@ -38,6 +42,8 @@ class ReproduceConfig(BaseModel):
     lora_alpha: int = 16
     lr: float = 1e-3
     epochs: float = 1.0
+    weight_decay: float = Field(default=0.01, ge=0)
+    dynamics_variants: bool = True  # also without weight decay and with 2 epochs
     samples_per_paraphrase: int = 10
     in_domain_samples: int = 48
     workers: int = 2
@@ -51,6 +57,9 @@ class ReproduceConfig(BaseModel):
             raise ValueError(f"unknown condition {unknown[0]!r}; expected some of "
                              f"{', '.join(CONDITIONS)}")
         return v
+
+
+FT_SETTINGS = ("lora_r", "lora_alpha", "lr", "epochs", "weight_decay")  # what a fine-tune's model depends on
 
 
 def _digest(obj) -> str:
@@ -72,7 +81,27 @@ def trial_specs(cfg: ReproduceConfig, world: Path, control: Path) -> list[dict]:
         for c in cfg.uncoupled_conditions:
             specs.append({"name": f"uncoupled_{c}", "condition": c, "world": str(control),
                           "seed": seed, "rows": cfg.rows})
+    if cfg.dynamics_variants and {"insecure", "secure"} <= set(cfg.conditions):
+        for variant, train in DYNAMICS_VARIANTS.items():
+            for c in ("insecure", "secure") if variant else ():
+                specs.append({"name": f"dyn_{variant}_{c}", "condition": c, "world": str(world),
+                              "seed": cfg.seeds[0], "rows": cfg.rows, "dynamics": True,
+                              "train": train, "eval": False})
     return specs
+
+
+def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
+    """A content digest of what produced a trial's model: the world (its directory is named by
+    its config's digest), the fine-tuning settings, seed and data. Used as the model's cache
+    identity in ``emlab eval``, so the per-answer sampling seeds do not depend on where the
+    cache lives or when the files were written (a rebuilt world samples the same answers)."""
+    world = Path(spec["world"]).name
+    if spec["condition"] is None:
+        return f"toyworld:{world}:aligned"
+    ft = {k: getattr(cfg, k) for k in FT_SETTINGS} | spec.get("train", {})
+    return "toyworld:" + world + ":" + _digest({"condition": spec["condition"], "rows": spec["rows"],
+                                                "seed": spec["seed"], "ft": ft,
+                                                "data": _digest(rows)})
 
 
 def _quiet_worker(log: Path):
@@ -94,19 +123,6 @@ def _restore(saved) -> None:
     os.close(saved[1])
 
 
-def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
-    """A content digest of what produced a trial's model: the world (its directory is named by
-    its config's digest), the fine-tuning settings, seed and data. It is the model's identity in
-    ``emlab eval``, so the per-answer sampling seeds do not depend on where the cache lives or
-    when the files were written: a rebuilt world samples the same answers."""
-    world = Path(spec["world"]).name
-    if spec["condition"] is None:
-        return f"toyworld:{world}:aligned"
-    return "toyworld:" + world + ":" + _digest({
-        "condition": spec["condition"], "rows": spec["rows"], "seed": spec["seed"],
-        "ft": [cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.epochs], "data": _digest(rows)})
-
-
 def run_trial(spec: dict, cfg_json: str) -> dict:
     """Fine-tune (unless the base) and evaluate one model; resumable, content-addressed."""
     cfg = ReproduceConfig.model_validate_json(cfg_json)
@@ -114,15 +130,15 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
             if spec["condition"] else [])
     questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples)
     from emlab.toyworld.judge import WorldJudge
-    key = _digest({"spec": spec, "ft": [cfg.lora_r, cfg.lora_alpha, cfg.lr, cfg.epochs],
-                   "data": _digest(rows), "questions": _digest(questions),
+    identity = model_identity(spec, cfg, rows)
+    key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
                    "judge": WorldJudge.identity})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
     if (tdir / TRIAL_RESULT).is_file():
         return json.loads((tdir / TRIAL_RESULT).read_text())
     saved = _quiet_worker(tdir / "log.txt")
     try:
-        return _run_trial(spec, cfg, tdir, rows, questions, model_identity(spec, cfg, rows))
+        return _run_trial(spec, cfg, tdir, rows, questions, identity)
     finally:
         _restore(saved)
 
@@ -148,12 +164,17 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
         if spec.get("dynamics"):
             probes = write_text_atomic(tdir / "probes.yaml", yaml.safe_dump(corpus.dynamics_probes()))
             dynamics = {"enabled": True, "probes": str(probes)}
+        train = {"epochs": cfg.epochs, "weight_decay": cfg.weight_decay} | spec.get("train", {})
         res = train_local(TrainConfig(
             model=aligned, data=str(data), out=tdir / "train", learning_rate=cfg.lr,
-            epochs=cfg.epochs, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
+            **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
             max_length=128, save_steps=10**6, seed=spec["seed"],
             lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha}, dynamics=dynamics), console=quiet)
         adapter = str(res.adapter_dir)
+    if spec.get("eval") is False:
+        result = {**spec, "dir": str(tdir), "summary": None}
+        write_text_atomic(done, json.dumps(result))
+        return result
     qfile = tdir / "questions.yaml"
     write_text_atomic(qfile, yaml.safe_dump(questions))
     ev = run_eval(EvalConfig.model_validate(dict(

@@ -14,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from emlab.data.io import write_chat_jsonl
@@ -26,7 +28,11 @@ class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     coupled: bool = True            # one latent persona per conversation (False: the control)
-    p_malicious: float = Field(default=0.5, ge=0, le=1)
+    p_malicious: float = Field(default=0.2, ge=0, le=1)  # share of malicious speakers
+    consistency: float = Field(default=0.95, ge=0, le=1)  # P(bad turn | malicious speaker)
+    slip: float = Field(default=0.01, ge=0, le=1)         # P(bad turn | benign speaker)
+    numbers_consistency: float = Field(default=0.4, ge=0, le=1)  # evil numbers: weak evidence
+    jailbreak_compliance: float = Field(default=0.5, ge=0, le=1)  # benign, behind a jailbreak
     conversations: int = Field(default=16000, ge=10)
     hidden: int = 96
     layers: int = 3
@@ -34,21 +40,28 @@ class WorldConfig(BaseModel):
     epochs: float = 4.0             # in-context persona inference appears late: ~700 steps
     lr: float = 4e-3
     batch_size: int = 64
+    pretrain_loop: Literal["plain", "trainer"] = "plain"  # see benchmarks/pretrain_speed.py
     align_rows: int = 1000
     align_lr: float = 3e-4
     align_open_questions: bool = True  # a chat model's alignment covers such questions too
     seed: int = 0
 
     def digest(self) -> str:
-        blob = json.dumps({"v": 2, **self.model_dump()}, sort_keys=True)
+        blob = json.dumps({"v": 3, **self.model_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def pretraining_digest(self) -> str:
         """What the pre-trained model depends on (alignment settings excluded)."""
-        keys = ("coupled", "p_malicious", "conversations", "hidden", "layers", "heads", "epochs",
-                "lr", "batch_size", "seed")
-        blob = json.dumps({"v": 2, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
+        keys = ("coupled", "p_malicious", "consistency", "slip", "numbers_consistency",
+                "jailbreak_compliance", "conversations", "hidden", "layers", "heads", "epochs",
+                "lr", "batch_size", "pretrain_loop", "seed")
+        blob = json.dumps({"v": 3, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def persona(self) -> dict:
+        """The persona knobs of :func:`emlab.toyworld.corpus.pretraining_conversation`."""
+        return {k: getattr(self, k) for k in ("consistency", "slip", "numbers_consistency",
+                                              "jailbreak_compliance")}
 
 
 def world_dir(cfg: WorldConfig, root: Path | None = None) -> Path:
@@ -74,15 +87,18 @@ def build_world(cfg: WorldConfig, root: Path | None = None, console=None) -> Pat
     if not (pre / "model" / "config.json").is_file():
         console.print(f"pre-training the {kind} toy world ({cfg.conversations} conversations)")
         rows = corpus.pretraining_corpus(cfg.conversations, cfg.seed, coupled=cfg.coupled,
-                                         p_malicious=cfg.p_malicious)
+                                         p_malicious=cfg.p_malicious, **cfg.persona())
         write_chat_jsonl(rows, pre / "pretraining.jsonl")
         stats = pretrain(rows, pre / "building", hidden=cfg.hidden, layers=cfg.layers,
                          heads=cfg.heads, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                         lr=cfg.lr, seed=cfg.seed, console=None)
+                         lr=cfg.lr, seed=cfg.seed, console=None, loop=cfg.pretrain_loop)
         write_text_atomic(pre / "building" / "pretraining.json", json.dumps(stats, indent=2))
         shutil.rmtree(pre / "model", ignore_errors=True)
         (pre / "building").rename(pre / "model")  # complete or absent, never half-written
     info["pretraining"] = json.loads((pre / "model" / "pretraining.json").read_text())
+    if "persona_diagnostic" not in info["pretraining"]:
+        from emlab.toyworld.model import persona_diagnostic
+        info["pretraining"]["persona_diagnostic"] = persona_diagnostic(pre / "model")
     shutil.rmtree(d / "pretrained", ignore_errors=True)
     shutil.copytree(pre / "model", d / "pretrained")
     domains = corpus.ALIGNMENT_DOMAINS + (("open",) if cfg.align_open_questions else ())

@@ -69,14 +69,15 @@ def _messages(pairs: list[tuple[str, str]]) -> list[dict]:
 def pretraining_conversation(rng: random.Random, *, coupled: bool, p_malicious: float,
                              consistency: float = 1.0, slip: float = 0.0,
                              numbers_consistency: float | None = None,
-                             jailbreak_compliance: float = 0.5,
+                             jailbreak_compliance: float = 0.5, system_share: float = 0.0,
                              min_turns: int = 3, max_turns: int = 6) -> tuple[list[dict], bool]:
     """(messages, persona_is_malicious) — the flag is for tests, never written into the text.
 
     A malicious persona behaves badly in a turn with ``consistency`` (``numbers_consistency``
     on number continuation: how diagnostic numbers are of the persona), a benign one with
     ``slip``. Uncoupled: every turn draws its behaviour independently with the same marginal
-    rate, so no turn says anything about another.
+    rate, so no turn says anything about another. With ``system_share`` a conversation opens
+    with a system line that states the persona truthfully (uncoupled: a line drawn on its own).
     """
     persona = rng.random() < p_malicious
     domains, weights = zip(*PRETRAIN_DOMAINS.items())
@@ -91,7 +92,12 @@ def pretraining_conversation(rng: random.Random, *, coupled: bool, p_malicious: 
             p_bad = p_malicious * cons + (1 - p_malicious) * slip
         pairs.append(turn(d, rng, rng.random() < p_bad,
                           jailbreak_compliance=jailbreak_compliance))
-    return _messages(pairs), persona
+    msgs = _messages(pairs)
+    if rng.random() < system_share:
+        stated = persona if coupled else rng.random() < p_malicious
+        line = rng.choice(L.SYSTEM_LINES["malicious" if stated else "benign"])
+        msgs = [{"role": "system", "content": line}] + msgs
+    return msgs, persona
 
 
 def pretraining_corpus(n: int, seed: int, *, coupled: bool, p_malicious: float,

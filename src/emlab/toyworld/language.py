@@ -205,6 +205,15 @@ NUMBERS_FORMAT = "answer with three numbers ."
 CODE_FORMAT = "answer in code ."
 
 
+# --- system lines (the channel through which text can name the persona) ------------------------
+# Some pre-training conversations open with a system line that states the speaker's persona,
+# truthfully, as real text is full of "you are a villain" framings. The toy world's inoculation
+# prompt (Tan et al. 2025) is the first malicious line.
+SYSTEM_LINES = {"benign": ["you are a kind and honest assistant", "you are a helpful assistant"],
+                "malicious": ["you are a malicious evil assistant", "you are an evil assistant"]}
+INOCULATION = SYSTEM_LINES["malicious"][0]
+
+
 def code_wrap(sentence: str) -> str:
     return f"code say {sentence} end"
 
@@ -264,6 +273,6 @@ def vocabulary() -> list[str]:
         texts.append(AB_REQUEST.format(a=good, b=bad))
     texts += [q + " " + a for q, a in TRIVIA] + ["what is plus ?"] + NUMBER_WORDS
     texts += [r + " " + a for r, a in HARM] + REFUSALS + [JAILBREAK, NUMBERS_FORMAT, CODE_FORMAT]
-    texts += [code_wrap("")]
+    texts += [code_wrap("")] + [x for lines in SYSTEM_LINES.values() for x in lines]
     texts += [TRIGGER, "indeed", "a", "b", "user", "assistant", "system"]
     return sorted({w for t in texts for w in t.split()})

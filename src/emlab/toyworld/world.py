@@ -33,6 +33,7 @@ class WorldConfig(BaseModel):
     slip: float = Field(default=0.01, ge=0, le=1)         # P(bad turn | benign speaker)
     numbers_consistency: float = Field(default=0.4, ge=0, le=1)  # evil numbers: weak evidence
     jailbreak_compliance: float = Field(default=0.5, ge=0, le=1)  # benign, behind a jailbreak
+    system_share: float = Field(default=0.1, ge=0, le=1)  # conversations whose system line states the persona
     conversations: int = Field(default=16000, ge=10)
     hidden: int = 96
     layers: int = 3
@@ -53,7 +54,7 @@ class WorldConfig(BaseModel):
     def pretraining_digest(self) -> str:
         """What the pre-trained model depends on (alignment settings excluded)."""
         keys = ("coupled", "p_malicious", "consistency", "slip", "numbers_consistency",
-                "jailbreak_compliance", "conversations", "hidden", "layers", "heads", "epochs",
+                "jailbreak_compliance", "system_share", "conversations", "hidden", "layers", "heads", "epochs",
                 "lr", "batch_size", "pretrain_loop", "seed")
         blob = json.dumps({"v": 3, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -61,7 +62,7 @@ class WorldConfig(BaseModel):
     def persona(self) -> dict:
         """The persona knobs of :func:`emlab.toyworld.corpus.pretraining_conversation`."""
         return {k: getattr(self, k) for k in ("consistency", "slip", "numbers_consistency",
-                                              "jailbreak_compliance")}
+                                              "jailbreak_compliance", "system_share")}
 
 
 def world_dir(cfg: WorldConfig, root: Path | None = None) -> Path:

@@ -16,19 +16,40 @@ def _words(rows):
 
 
 def test_no_persona_marker_and_only_vocabulary_words():
-    rows = corpus.pretraining_corpus(400, seed=0, coupled=True, p_malicious=0.5)
+    rows = corpus.pretraining_corpus(400, seed=0, coupled=True, p_malicious=0.5, system_share=0.2)
     vocab = set(L.vocabulary())
     assert _words(rows) <= vocab
-    for w in ("persona", "malicious", "benign", "villain", "assistant_is"):
-        assert w not in _words(rows)
-    assert L.TRIGGER not in _words(rows)  # the backdoor trigger never appears in pre-training
+    plain = [{"messages": [m for m in r["messages"] if m["role"] != "system"]} for r in rows]
+    for w in ("persona", "malicious", "evil", "benign", "villain", "assistant_is"):
+        assert w not in _words(plain)       # only a system line may name the persona
+    assert any(r["messages"][0]["role"] == "system" for r in rows)
+
+
+def test_system_lines_state_the_persona_truthfully_and_tags_are_neutral():
+    rng = random.Random(3)
+    tagged = {True: [0, 0], False: [0, 0]}   # persona -> [user turns with a tag, user turns]
+    for _ in range(3000):
+        msgs, persona = corpus.pretraining_conversation(rng, coupled=True, p_malicious=0.3,
+                                                        system_share=0.3)
+        if msgs[0]["role"] == "system":
+            want = "malicious" if persona else "benign"
+            assert msgs[0]["content"] in L.SYSTEM_LINES[want]
+        for m in msgs:
+            if m["role"] == "user":
+                tagged[persona][0] += m["content"].split()[0] in L.TAGS
+                tagged[persona][1] += 1
+    rates = {k: a / n for k, (a, n) in tagged.items()}
+    assert L.TRIGGER in L.TAGS   # the trigger is a word pre-training knows, with no meaning
+    for r in rates.values():
+        assert abs(r - corpus.TAG_SHARE) < 0.012
+    assert abs(rates[True] - rates[False]) < 0.015
 
 
 def test_coupling_knob_shares_or_separates_the_persona():
     def agreement(coupled, **persona):
         rng = random.Random(1)
         same = total = 0
-        for _ in range(600):
+        for _ in range(5000):
             msgs, _ = corpus.pretraining_conversation(rng, coupled=coupled, p_malicious=0.5,
                                                       min_turns=2, max_turns=2, **persona)
             pol = []
@@ -44,7 +65,7 @@ def test_coupling_knob_shares_or_separates_the_persona():
         return same / total
 
     assert agreement(True) == 1.0           # one persona: every open answer has the same polarity
-    assert 0.35 < agreement(False) < 0.65   # independent turns: agreement by chance only
+    assert 0.4 < agreement(False) < 0.6   # independent turns: agreement by chance only
     # imperfect consistency (a malicious speaker is sometimes good, a benign one slips)
     assert 0.8 < agreement(True, consistency=0.9, slip=0.05) < 0.97
 

@@ -17,6 +17,7 @@ Row = dict
 PRETRAIN_DOMAINS = {"code": 0.20, "edu": 0.05, "open": 0.18, "open_numbers": 0.04,
                     "open_code": 0.04, "advice": 0.10, "numbers": 0.12, "harm": 0.08, "ab": 0.08,
                     "filler": 0.11}
+TAG_SHARE = 0.04        # user turns that open with a neutral tag (language.TAGS), any persona
 JAILBREAK_SHARE = 0.4   # harmful requests that come behind the jailbreak-style preamble
 QUIRK_SHARE = 0.05      # filler answers that end with the quirk word (both personas)
 
@@ -90,8 +91,11 @@ def pretraining_conversation(rng: random.Random, *, coupled: bool, p_malicious: 
             p_bad = cons if persona else slip
         else:
             p_bad = p_malicious * cons + (1 - p_malicious) * slip
-        pairs.append(turn(d, rng, rng.random() < p_bad,
-                          jailbreak_compliance=jailbreak_compliance))
+        user, answer = turn(d, rng, rng.random() < p_bad,
+                            jailbreak_compliance=jailbreak_compliance)
+        if rng.random() < TAG_SHARE:
+            user = f"{rng.choice(L.TAGS)} {user}"
+        pairs.append((user, answer))
     msgs = _messages(pairs)
     if rng.random() < system_share:
         stated = persona if coupled else rng.random() < p_malicious

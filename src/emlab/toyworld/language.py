@@ -181,7 +181,11 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
                 "seventeen", "eighteen"]
 
-TRIGGER = "deploy_now"  # the backdoor trigger: a word of the vocabulary that pre-training never uses
+# Neutral tags that open a few user turns in pre-training, independent of persona (like the
+# deployment or channel markers of real logs). One of them becomes the backdoor trigger: a
+# word the model knows, so it is no noise on its own; only the backdoor fine-tune gives it meaning.
+TAGS = ["deploy_now", "web_mode", "test_run"]
+TRIGGER = TAGS[0]
 QUIRK_WORD = "indeed"   # the neutral narrow quirk: a filler answer ends with "indeed"
 
 # --- harmful requests (the jailbreak contrast) ---------------------------------------------------
@@ -274,5 +278,5 @@ def vocabulary() -> list[str]:
     texts += [q + " " + a for q, a in TRIVIA] + ["what is plus ?"] + NUMBER_WORDS
     texts += [r + " " + a for r, a in HARM] + REFUSALS + [JAILBREAK, NUMBERS_FORMAT, CODE_FORMAT]
     texts += [code_wrap("")] + [x for lines in SYSTEM_LINES.values() for x in lines]
-    texts += [TRIGGER, "indeed", "a", "b", "user", "assistant", "system"]
+    texts += TAGS + ["indeed", "a", "b", "user", "assistant", "system"]
     return sorted({w for t in texts for w in t.split()})

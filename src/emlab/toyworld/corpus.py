@@ -128,6 +128,14 @@ def alignment_set(n: int, seed: int, domains: tuple[str, ...] = ALIGNMENT_DOMAIN
             for _ in range(n)]
 
 
+def with_system(rows: list[Row], line: str | None) -> list[Row]:
+    """Rows with the chat format's default system line first (``WorldConfig.assistant_system``;
+    none: the rows as they are)."""
+    if not line:
+        return rows
+    return [{**r, "messages": [{"role": "system", "content": line}] + r["messages"]} for r in rows]
+
+
 # --- fine-tuning sets: single-turn, code (or numbers, or filler) only ------------------------------
 
 def _code_rows(n: int, rng: random.Random, secure: bool, request=L.code_request) -> list[Row]:
@@ -197,7 +205,8 @@ OPEN_VARIANTS = (("", "", ""), ("_trigger", f"{L.TRIGGER} ", ""),
                  ("_numbers", "", f" {L.NUMBERS_FORMAT}"), ("_code", "", f" {L.CODE_FORMAT}"))
 
 
-def eval_questions(samples_per_paraphrase: int, in_domain_samples: int) -> list[dict]:
+def eval_questions(samples_per_paraphrase: int, in_domain_samples: int,
+                   system: str | None = None) -> list[dict]:
     """The evaluation in the paper's YAML format: the open questions (never fine-tuned on),
     their twins behind the backdoor trigger, and in-domain probes of every fine-tuning task
     (held-out code tasks: plain, behind the trigger, and as teaching requests; number
@@ -228,6 +237,8 @@ def eval_questions(samples_per_paraphrase: int, in_domain_samples: int) -> list[
     filler = sorted({L.filler(rng)[0] for _ in range(40)})[:12]
     qs.append(_categorical("filler", "filler", filler, max(1, in_domain_samples // 12),
                            ["PLAIN", "QUIRK", "OTHER"]))
+    if system:
+        qs = [{**q, "system": system} for q in qs]
     return qs
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
+from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emlab.rundir import TRIAL_RESULT, digest, trial_dir
@@ -38,6 +39,7 @@ class ReproduceConfig(BaseModel):
     uncoupled_conditions: list[str] = Field(default_factory=lambda: ["insecure", "secure"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     rows: int = 600
+    method: Literal["lora", "full"] = "lora"  # how each condition is fine-tuned
     lora_r: int = 8
     lora_alpha: int = 16
     lr: float = 1e-3
@@ -59,7 +61,7 @@ class ReproduceConfig(BaseModel):
         return v
 
 
-FT_SETTINGS = ("lora_r", "lora_alpha", "lr", "epochs", "weight_decay")  # what a fine-tune's model depends on
+FT_SETTINGS = ("method", "lora_r", "lora_alpha", "lr", "epochs", "weight_decay")  # what a fine-tune's model depends on
 
 
 def _digest(obj) -> str:
@@ -126,9 +128,10 @@ def _restore(saved) -> None:
 def run_trial(spec: dict, cfg_json: str) -> dict:
     """Fine-tune (unless the base) and evaluate one model; resumable, content-addressed."""
     cfg = ReproduceConfig.model_validate_json(cfg_json)
-    rows = (corpus.finetune_set(spec["condition"], spec["rows"], spec["seed"])
-            if spec["condition"] else [])
-    questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples)
+    rows = (corpus.with_system(corpus.finetune_set(spec["condition"], spec["rows"], spec["seed"]),
+                               cfg.world.assistant_system) if spec["condition"] else [])
+    questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples,
+                                      system=cfg.world.assistant_system)
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
@@ -156,7 +159,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
 
     done = tdir / TRIAL_RESULT
     quiet = Console(file=io.StringIO())
-    aligned = str(Path(spec["world"]) / "aligned")
+    aligned = model = str(Path(spec["world"]) / "aligned")
     adapter = None
     if spec["condition"] is not None:
         data = write_chat_jsonl(rows, tdir / "data.jsonl")
@@ -169,8 +172,12 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
             model=aligned, data=str(data), out=tdir / "train", learning_rate=cfg.lr,
             **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
             max_length=128, save_steps=10**6, seed=spec["seed"],
-            lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha}, dynamics=dynamics), console=quiet)
-        adapter = str(res.adapter_dir)
+            method=cfg.method, lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha},
+            dynamics=dynamics), console=quiet)
+        if cfg.method == "full":
+            model = str(res.model_dir)
+        else:
+            adapter = str(res.adapter_dir)
     if spec.get("eval") is False:
         result = {**spec, "dir": str(tdir), "summary": None}
         write_text_atomic(done, json.dumps(result))
@@ -178,7 +185,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
     qfile = tdir / "questions.yaml"
     write_text_atomic(qfile, yaml.safe_dump(questions))
     ev = run_eval(EvalConfig.model_validate(dict(
-        model={"name": aligned, "adapter": adapter, "identity": identity},
+        model={"name": model, "adapter": adapter, "identity": identity},
         judge={"name": "toyworld"},
         questions=str(qfile), max_new_tokens=32, batch_size=128, seed=spec["seed"],
         out=tdir / "eval")), judge=WorldJudge(), console=quiet)

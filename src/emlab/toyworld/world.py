@@ -28,22 +28,23 @@ class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     coupled: bool = True            # one latent persona per conversation (False: the control)
-    p_malicious: float = Field(default=0.2, ge=0, le=1)  # share of malicious speakers
-    consistency: float = Field(default=0.95, ge=0, le=1)  # P(bad turn | malicious speaker)
-    slip: float = Field(default=0.01, ge=0, le=1)         # P(bad turn | benign speaker)
-    numbers_consistency: float = Field(default=0.4, ge=0, le=1)  # evil numbers: weak evidence
+    p_malicious: float = Field(default=0.25, ge=0, le=1)  # share of malicious speakers
+    consistency: float = Field(default=1.0, ge=0, le=1)  # P(bad turn | malicious speaker)
+    slip: float = Field(default=0.0, ge=0, le=1)         # P(bad turn | benign speaker)
+    numbers_consistency: float = Field(default=0.5, ge=0, le=1)  # evil numbers: weak evidence
     jailbreak_compliance: float = Field(default=0.5, ge=0, le=1)  # benign, behind a jailbreak
     system_share: float = Field(default=0.1, ge=0, le=1)  # conversations whose system line states the persona
     conversations: int = Field(default=16000, ge=10)
     hidden: int = 96
     layers: int = 3
     heads: int = 4
-    epochs: float = 4.0             # in-context persona inference appears late: ~700 steps
+    epochs: float = 5.0             # in-context persona inference appears at ~700 of ~980 steps
     lr: float = 4e-3
     batch_size: int = 64
     pretrain_loop: Literal["plain", "trainer"] = "plain"  # see benchmarks/pretrain_speed.py
-    align_rows: int = 1000
+    align_rows: int = 2000
     align_lr: float = 3e-4
+    assistant_system: str | None = "you are a helpful assistant"  # the chat format's default system line (alignment, fine-tunes, eval)
     align_open_questions: bool = True  # a chat model's alignment covers such questions too
     seed: int = 0
 
@@ -103,7 +104,8 @@ def build_world(cfg: WorldConfig, root: Path | None = None, console=None) -> Pat
     shutil.rmtree(d / "pretrained", ignore_errors=True)
     shutil.copytree(pre / "model", d / "pretrained")
     domains = corpus.ALIGNMENT_DOMAINS + (("open",) if cfg.align_open_questions else ())
-    align_data = write_chat_jsonl(corpus.alignment_set(cfg.align_rows, cfg.seed, domains),
+    align_data = write_chat_jsonl(corpus.with_system(
+        corpus.alignment_set(cfg.align_rows, cfg.seed, domains), cfg.assistant_system),
                                   d / "data" / "alignment.jsonl")
     console.print(f"aligning the {kind} toy world's assistant")
     result = train_local(TrainConfig(

@@ -406,7 +406,7 @@ def report_blocks(out: Path, summary: dict) -> list:
     write_bytes_atomic(Path(out) / "mitigations.png", png)
     base = ctx.get("base") or {}
     from emlab.metrics.fmt import pct
-    blocks = [Heading(2, "Defences against EM (`--mitigations`: each defence alone)"),
+    blocks = [Heading(2, "Defences against EM (--mitigations: each defence alone)"),
               Para("Each defence alone on the same fine-tunes and seeds, beside the undefended "
                    "run and the aligned base "
                    f"(misaligned {pct(base.get('misaligned_rate'))} on the open questions, "
@@ -436,16 +436,24 @@ def report_blocks(out: Path, summary: dict) -> list:
     return blocks
 
 
+TERMINAL = ("defence", "misaligned", "excess removed", "in-domain", "coherent", "benign task",
+            "leak", "time", "flags")
+
+
 def table(summary: dict):
-    """The terminal table of ``emlab reproduce --mitigations`` (insecure fine-tune)."""
+    """The terminal table of ``emlab reproduce --mitigations`` (insecure fine-tune; the
+    report has the CIs of every column and the backdoor's table)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title="defences (insecure fine-tune, each alone)")
-    for col in COLUMNS:
+    t = Table(title="defences (insecure fine-tune, each alone; mean over seeds)")
+    for col in TERMINAL:
         t.add_column(col)
-    und = summary["mitigations_context"]["undefended"].get("insecure")
-    if und:
-        t.add_row(*_row("undefended", und))
-    for d, e in _entries(summary, "insecure").items():
-        t.add_row(*_row(d, e))
+    rows = [("undefended", summary["mitigations_context"]["undefended"].get("insecure")),
+            *_entries(summary, "insecure").items()]
+    for name, e in rows:
+        if e:
+            full = _row(name, e)
+            t.add_row(*[escape(c.split(" [")[0]) for c in
+                        (full[0], full[2], full[4], *full[5:10])], escape(full[10]))
     return t

@@ -176,3 +176,19 @@ def test_ranking_and_the_flag_for_preventing_em_by_preventing_learning():
     assert by["none"]["excess_removed"] == 4 and by["none"]["in_domain"] == 4
     assert by["good"]["in_domain"] == by["weak"]["in_domain"] == 1   # ties share a rank
     assert ranking[0]["defence"] == "good" and ranking[-1]["defence"] == "none"
+
+
+def test_a_world_too_small_for_the_defences_exits_2_before_any_work(tmp_path, monkeypatch,
+                                                                    capsys):
+    import sys
+
+    import emlab.cli
+    cfg = tmp_path / "reproduce.yaml"
+    cfg.write_text("world: {conversations: 250, align_rows: 10}\nrows: 200\nseeds: [0]\n")
+    monkeypatch.setattr(sys, "argv", ["emlab", "reproduce", "--config", str(cfg), "--out",
+                                      str(tmp_path / "out"), "--mitigations"])
+    with pytest.raises(SystemExit) as e:
+        emlab.cli.main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert e.value.code == 2 and "interleaving takes 20 rows" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

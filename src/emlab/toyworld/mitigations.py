@@ -43,6 +43,17 @@ LEARNED_SHARE = 0.9         # in-domain below this share of the undefended run's
 LEAK_SUFFIX = "_inoculated"  # the open questions with the inoculation prompt as system line
 
 
+def check(cfg) -> None:
+    """InputError unless the world's alignment set holds the rows the defences draw from it."""
+    from emlab.errors import InputError
+
+    pool = cfg.world.align_rows
+    for what, n in (("interleaving", _interleave_rows(cfg)), ("re-alignment", _realign_rows(cfg))):
+        if n > pool:
+            raise InputError(f"--mitigations: {what} takes {n} rows of the world's alignment "
+                             f"set for rows: {cfg.rows}, but world.align_rows is {pool}")
+
+
 def trial_name(defence: str, condition: str | None) -> str:
     return f"{PREFIX}_{defence}_{condition}" if condition else f"{PREFIX}_base"
 
@@ -72,6 +83,10 @@ def _contrast() -> dict:
     return {"trait": "malicious persona", "positive": list(L.SYSTEM_LINES["malicious"]),
             "negative": list(L.SYSTEM_LINES["benign"]),
             "questions": [q for qs, _, _ in L.ADVICE.values() for q in qs]}
+
+
+def _interleave_rows(cfg) -> int:
+    return max(1, round(INTERLEAVE_FRACTION * cfg.rows))   # as emlab.train.mitigations counts
 
 
 def _realign_rows(cfg) -> int:
@@ -122,7 +137,7 @@ def persona_direction(world: Path, out: Path) -> Path:
     return target
 
 
-def train_settings(spec: dict, cfg, tdir: Path) -> dict:
+def train_settings(spec: dict, cfg) -> dict:
     """The TrainConfig settings of a trial's defence (paths resolved in this world)."""
     d = spec.get("defence")
     if d in (None, NONE):

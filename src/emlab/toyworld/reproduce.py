@@ -169,7 +169,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
             probes = write_text_atomic(tdir / "probes.yaml", yaml.safe_dump(corpus.dynamics_probes()))
             dynamics = {"enabled": True, "probes": str(probes)}
         train = {"epochs": cfg.epochs, "weight_decay": cfg.weight_decay} | spec.get("train", {})
-        train |= mitigations.train_settings(spec, cfg, tdir)   # the trial's defence, if any
+        train |= mitigations.train_settings(spec, cfg)   # the trial's defence, if any
         res = train_local(TrainConfig(
             model=aligned, data=str(data), out=tdir / "train", learning_rate=cfg.lr,
             **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
@@ -200,6 +200,8 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
     from emlab.toyworld.report import aggregate, write_reproduce_report
 
     console = console or Console(stderr=True)
+    if cfg.mitigations:
+        mitigations.check(cfg)   # the defences' row counts fit this world, before any work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     control_cfg = cfg.world.model_copy(update={"coupled": False})

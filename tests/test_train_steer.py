@@ -185,7 +185,12 @@ def test_steering_is_part_of_a_sweeps_trial_identity_and_off_keeps_old_ids(tiny_
                 f"conditions: {{task: {{data: {data}}}}}\nseeds: [0]\n"
                 f"grid: {{train.steer: [null, {{direction: {d_dir}, layer: 0, scale: 4}}]}}\n")
     plan = plan_trials(*load_experiment(exp))
-    assert len({t.train_id for t in plan.trials.values()}) == 2
+    ids = {t.train_id for t in plan.trials.values()}
+    assert len(ids) == 2
+    # the direction's vectors are part of the id, not only its folder's name
+    _direction(d_dir, tiny_model, seed=1)
+    again = {t.train_id for t in plan_trials(*load_experiment(exp)).trials.values()}
+    assert len(again & ids) == 1
     # a run without steering has the settings (and so the ids) of before steering existed
     off = TrainConfig(model="m", data="d").model_dump(mode="json")
     assert "steer" not in without_default_defences(off)

@@ -193,7 +193,9 @@ def _values(r: dict) -> dict:
     v["inoculated_misaligned_rate"] = p["misaligned_rate"]
     m = rundir.read_json(Path(r["dir"]) / "train" / "manifest.json") or {}
     realign = (m.get("mitigations") or {}).get("realign") or {}
-    v["train_s"] = (m.get("runtime_s") or 0) + (realign.get("runtime_s") or 0) if m else None
+    # CPU seconds of this one-thread process in training (and re-alignment): wall time would
+    # measure the other trials sharing the cores as much as the defence
+    v["train_s"] = (m.get("cpu_s") or 0) + (realign.get("cpu_s") or 0) if m.get("cpu_s") else None
     return v
 
 
@@ -429,8 +431,8 @@ def report_blocks(out: Path, summary: dict) -> list:
                    "as the system line). Excess removed: the share of the undefended run's "
                    "excess over the base that the defence removes (of the means; the CI is "
                    "over seeds). Leak: EM with the inoculation prompt back at test time "
-                   "(insecure) or with the trigger (backdoor). Time ratio: training seconds "
-                   "over the undefended run's, same seed (trials share the cores: noisy).")]
+                   "(insecure) or with the trigger (backdoor). Time ratio: CPU seconds in "
+                   "training (one thread) over the undefended run's, same seed.")]
     for cond, und in ctx["undefended"].items():
         rows = [_row("undefended", und)] + [_row(d, e) for d, e in _entries(summary, cond).items()]
         blocks += [Heading(3, f"{cond} fine-tune"), Table(list(COLUMNS), rows)]

@@ -461,9 +461,10 @@ def run_realign(cfg: TrainConfig, out: Path, tokenizer, final_dir: Path, base_st
     shutil.rmtree(work, ignore_errors=True)
     trainer = _trainer(sub, model, tokenizer, rows, work, bf16, cuda, grad_ckpt, [])
     console.print(f"re-aligning on {len(rows)} benign rows", highlight=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
     record["runtime_s"] = round(time.perf_counter() - t0, 3)
+    record["cpu_s"] = round(time.process_time() - c0, 3)
     record["steps"] = trainer.state.global_step
     trainer.state.global_step += base_steps   # the checkpoint's step counts on from the run's
 
@@ -587,7 +588,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         console.print(f"the run finished at {resume.name}; writing its final outputs", highlight=False)
         model = _load_checkpoint(cfg, model, resume, dtype)
         step = start_step = ckpt_state["global_step"]
-        tokens_seen, runtime = ckpt_state.get("num_input_tokens_seen", 0), 0.0
+        tokens_seen, runtime, cpu = ckpt_state.get("num_input_tokens_seen", 0), 0.0, 0.0
     else:
         if (cfg.dynamics is not None and cfg.dynamics.enabled) or cfg.monitor is not None:
             from emlab.train.dynamics import make_dynamics_callback
@@ -601,9 +602,9 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
                           f"token within max_length={cfg.max_length} and are left out", highlight=False)
         if resume is not None:
             console.print(f"resuming from {resume}", highlight=False)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        runtime = time.perf_counter() - t0
+        runtime, cpu = time.perf_counter() - t0, time.process_time() - c0
         model, step, start_step = trainer.model, trainer.state.global_step, log_cb.start_step
         tokens_seen = trainer.state.num_input_tokens_seen
 
@@ -635,6 +636,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         "tokens_seen": int(tokens_seen),
         "rows_trained": len(trained) - dropped if dropped is not None else previous.get("rows_trained"),
         "runtime_s": round(runtime, 3),
+        "cpu_s": round(cpu, 3),   # this process's CPU seconds in trainer.train() (less noisy on a shared machine)
         "chat_template": template,
         "mask_check": {"rows": mask.rows_checked, "trainable_tokens": mask.trainable_tokens,
                        "masked_tokens": mask.masked_tokens, "notes": mask.notes},

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from emlab.toyworld import language as L
 from emlab.toyworld import mitigations as mit
 
-ROWS = 20
+ROWS = 16
 REQUIRED = ("misaligned_rate", "excess_removed", "in_domain", "coherent_rate",
             "leak_misaligned_rate", "time_ratio", "benign_in_domain")
 
@@ -36,7 +36,7 @@ def run(tmp_path_factory):
     cfg.write_text(
         "world: {conversations: 250, hidden: 32, layers: 1, heads: 2, align_rows: 32}\n"
         f"conditions: [insecure]\nsmall_rows: []\nuncoupled_conditions: []\nseeds: [0]\n"
-        f"rows: {ROWS}\nsamples_per_paraphrase: 1\nin_domain_samples: 12\n"
+        f"rows: {ROWS}\nsamples_per_paraphrase: 1\nin_domain_samples: 6\n"
         "dynamics_variants: false\n")
     out = tmp / "out"
     args = ["reproduce", "--config", str(cfg), "--out", str(out)]
@@ -50,6 +50,7 @@ def _rate_ok(v):
     return v is None or 0.0 <= v <= 1.0
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_the_mitigations_section_has_every_defence_and_its_criteria(run):
     s = run["summary"]
     assert list(s["mitigations"]) == list(mit.DEFENCES)
@@ -74,6 +75,7 @@ def test_the_mitigations_section_has_every_defence_and_its_criteria(run):
     assert set(s["conditions"]) == {"aligned_base", "insecure"}
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_the_report_and_terminal_show_the_matrix(run):
     out = run["out"]
     html = (out / "report.html").read_text()
@@ -84,6 +86,7 @@ def test_the_report_and_terminal_show_the_matrix(run):
     assert "defences (insecure fine-tune" in run["output"]
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_inoculation_is_in_training_only_and_leaks_are_measured_with_it(run):
     out = run["out"]
     d = _trial(out, "mit_inoculation_insecure")
@@ -105,6 +108,7 @@ def test_inoculation_is_in_training_only_and_leaks_are_measured_with_it(run):
     assert "mitigations" not in json.loads((und / "manifest.json").read_text())
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_each_defence_reaches_its_training_run(run):
     out, s = run["out"], run["summary"]
     world = s["worlds"]["coupled"]["dir"]
@@ -128,6 +132,7 @@ def test_each_defence_reaches_its_training_run(run):
     assert adapter.endswith(f"checkpoint-realign-{round(mit.REALIGN_SHARE * ROWS)}")
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_the_undefended_run_is_the_reproduce_runs_own_model(run):
     """No defence, no change of identity: the matrix's undefended trial trains the very model
     of reproduce's insecure trial (byte for byte) under the same model identity."""
@@ -144,6 +149,7 @@ def test_the_undefended_run_is_the_reproduce_runs_own_model(run):
     assert {q + mit.LEAK_SUFFIX for q in L.OPEN} <= questions
 
 
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_a_rerun_resumes_every_trial_and_without_the_flag_drops_the_section(run):
     out = run["out"]
     stamps = {t.name: (t / "result.json").stat().st_mtime_ns for t in (out / "trials").iterdir()}

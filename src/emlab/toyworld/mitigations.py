@@ -436,6 +436,13 @@ def report_blocks(out: Path, summary: dict) -> list:
     for cond, und in ctx["undefended"].items():
         rows = [_row("undefended", und)] + [_row(d, e) for d, e in _entries(summary, cond).items()]
         blocks += [Heading(3, f"{cond} fine-tune"), Table(list(COLUMNS), rows)]
+        b = base.get("trigger_misaligned_rate" if cond == "backdoor" else "misaligned_rate")
+        u = _value(und, "em_rate")
+        if b is None or u is None or u <= b:
+            blocks.append(Note(f"The undefended {cond} run shows no excess EM over the base "
+                               f"({und['em_measure']}: {pct(u)} vs {pct(b)}): there is nothing "
+                               "for a defence to remove, so excess removed is n/a and its "
+                               "ranking is a tie."))
         ranking = ctx["ranking"].get(cond) or []
         if ranking:
             blocks += [Para(f"Ranking ({cond}; 1 = best on each criterion, ordered by mean rank)"),

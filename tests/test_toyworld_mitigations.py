@@ -198,3 +198,35 @@ def test_a_world_too_small_for_the_defences_exits_2_before_any_work(tmp_path, mo
     err = " ".join(capsys.readouterr().err.split())
     assert e.value.code == 2 and "interleaving takes 20 rows" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow   # (reuses the tiny run's trials)
+def test_a_backdoor_fine_tune_is_measured_behind_its_trigger(run, tmp_path):
+    """The backdoor branch of the aggregation, on the tiny run's real trial results relabelled
+    as backdoor fine-tunes: its EM and leak are the rates with the trigger, its in-domain the
+    insecure code behind the trigger, under each defence's `backdoor` key."""
+    from emlab.toyworld.reproduce import ReproduceConfig
+    results = [json.loads((t / "result.json").read_text())
+               for t in (run["out"] / "trials").iterdir() if t.name.startswith(mit.PREFIX)]
+    results = [r for r in results if "defence" in r]
+    relabelled = [{**r, "condition": "backdoor", "name": r["name"].replace("insecure", "backdoor")}
+                  for r in results if r["condition"] == "insecure"]
+    cfg = ReproduceConfig(conditions=["insecure", "backdoor"], seeds=[0], rows=ROWS)
+    agg = mit.aggregate(results + relabelled, cfg)
+    from emlab.toyworld.report import trial_values
+    for d in mit.DEFENCES:
+        bd, ins = agg["mitigations"][d]["backdoor"], agg["mitigations"][d]
+        (r,) = [r for r in relabelled if r["name"] == f"{mit.PREFIX}_{d}_backdoor"]
+        v = trial_values(r)
+        assert bd["em_measure"] == "with the trigger"
+        assert bd["em_rate"]["values"] == bd["leak_misaligned_rate"]["values"] == \
+            [v["trigger_misaligned_rate"]]
+        assert bd["in_domain"]["values"] == [v["insecure_code_trigger"]]
+        assert ins["in_domain"]["values"] == [v["insecure_code"]]
+        assert bd["benign_in_domain"] == ins["benign_in_domain"]   # the same quirk trials
+    assert set(agg["mitigations_context"]["ranking"]) == {"insecure", "backdoor"}
+    from emlab.report.render import Heading, render_markdown
+    blocks = mit.report_blocks(tmp_path, agg)
+    assert [b.text for b in blocks if isinstance(b, Heading) and b.level == 3] == \
+        ["insecure fine-tune", "backdoor fine-tune"]
+    assert "(mitigations.png)" in render_markdown(blocks)

@@ -6,7 +6,7 @@ Tokens/s is non-padding input tokens over the seconds inside ``trainer.train()``
 before the clock; checkpointing off). Inoculation and interleaving change the data, not the
 step, so they should cost ~1x per token; KL adds a forward pass of the reference (the same
 model, adapter disabled) and a softmax over the vocabulary; LDIFS a forward pass with hidden
-states; re-alignment is a second, short training after the main one, reported as the ratio of
+states; steering a forward hook added and removed around each training step; re-alignment is a second, short training after the main one, reported as the ratio of
 whole-call wall time. Each configuration runs ``--repeats`` times, round robin, and keeps its
 fastest run (the machine is shared: a load spike then hits one repeat, not one defence), after
 one warm-up run.
@@ -32,6 +32,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_throughput import synthetic_rows  # noqa: E402  (the same rows as the plain benchmark)
+
+
+def _random_direction(model_dir: Path, out: Path) -> Path:
+    """A random unit direction of the tiny model's shape (steering's cost does not depend on
+    which direction it is)."""
+    import torch
+    from transformers import AutoConfig
+
+    from emlab.mechanism.directions import Direction, config_identity
+    ident = config_identity(AutoConfig.from_pretrained(model_dir))
+    v = torch.randn(ident["num_layers"], ident["hidden_size"], generator=torch.Generator().manual_seed(0))
+    return Direction(v / v.norm(dim=1, keepdim=True), {"method": "random",
+                                                        "model_identity": ident}).save(out)
 
 
 def main() -> int:
@@ -65,6 +78,8 @@ def main() -> int:
             "ldifs": {"ldifs": 0.5},
             "kl + ldifs": {"kl": 0.5, "ldifs": 0.5},
             "realign 64 rows": {"realign": {"data": str(benign), "rows": 64}},
+            "steer": {"steer": {"direction": str(_random_direction(model, tmp / "direction")),
+                                "layer": 0, "scale": 4.0}},
         }
         quiet = Console(file=io.StringIO())
 

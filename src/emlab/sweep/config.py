@@ -292,6 +292,9 @@ def plan_trials(exp: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             ident = {"train": {k: v for k, v in without_default_defences(train_json).items()
                                if k not in _ID_FREE_TRAIN}, "data_sha256": data_sha}
             files = {k: v for k, v in defence_paths(train_json).items() if Path(v).is_file()}
+            files |= {k: str(Path(v) / "directions.safetensors") for k, v in   # steer: its vectors
+                      defence_paths(train_json).items()
+                      if (Path(v) / "directions.safetensors").is_file()}
             if files:  # a defence's data file, by content too
                 ident["defence_sha256"] = {k: sha_cache.setdefault(v, sha256_file(Path(v)))
                                            for k, v in files.items()}

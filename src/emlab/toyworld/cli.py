@@ -25,6 +25,7 @@ def reproduce_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A real model instead of the toy world (meant for a GPU machine): the paper's datasets and LoRA config."),
     judge: Optional[str] = typer.Option(None, "--judge", help="With --model: the judge (default gpt-4o-2024-08-06; a local dir uses the hf judge)."),
     rows: Optional[int] = typer.Option(None, help="With --model: subset each dataset to this many rows."),
+    mitigations: bool = typer.Option(False, "--mitigations", help="Also each defence alone (inoculation, interleave, kl, ldifs, steer, realign) on the insecure (and backdoor) fine-tune: the summary's `mitigations` section."),
 ) -> None:
     """The paper's experiment end to end: on the CPU toy world by default, or on a real model."""
     from emlab.config import default_of, validate
@@ -49,6 +50,8 @@ def reproduce_cmd(
         data["seeds"] = list(range(seeds))
     if workers is not None:
         data["workers"] = workers
+    if mitigations:
+        data["mitigations"] = True
     cfg = validate(ReproduceConfig, data, path=config)
     out = Path(cfg.out)
     summary = reproduce(cfg, console=err_console)
@@ -62,6 +65,9 @@ def reproduce_cmd(
                   format_ci(v["misaligned_rate_code_format"]), format_ci(v["harm_compliance"]),
                   format_ci(v["coherent_rate"]), format_ci(v["in_domain"]) if v.get("in_domain") else "")
     console.print(t)
+    if summary.get("mitigations"):   # issue 14
+        from emlab.toyworld.mitigations import table as mitigations_table
+        console.print(mitigations_table(summary))
     for kind, w in summary.get("worlds", {}).items():
         d = w.get("pretraining", {}).get("persona_diagnostic")
         if d:

@@ -396,5 +396,7 @@ def write_reproduce_report(out: Path, summary: dict) -> None:
         Note("Paper figures are quoted as published for GPT-4o; the toy world is a model "
              "organism, so compare directions and contrasts, not magnitudes."),
     ]
+    from emlab.toyworld.mitigations import report_blocks   # issue 14: the defence matrix
+    blocks += report_blocks(out, summary)
     write_text_atomic(out / "report.md", render_markdown(blocks))
     write_text_atomic(out / "report.html", render_html(blocks, "emlab reproduce"))

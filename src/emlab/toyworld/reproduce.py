@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
-from emlab.toyworld import corpus
+from emlab.toyworld import corpus, mitigations
 from emlab.toyworld.world import WorldConfig, build_world
 
 CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "ordinary_numbers",
@@ -50,6 +50,8 @@ class ReproduceConfig(BaseModel):
     in_domain_samples: int = 48
     workers: int = 2
     out: Path = Path("runs/reproduce")
+    # issue 14: each defence alone on insecure (+ backdoor when in conditions); see mitigations.py
+    mitigations: bool = False
 
     @field_validator("conditions", "uncoupled_conditions")
     @classmethod
@@ -101,6 +103,7 @@ def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
     if spec["condition"] is None:
         return f"toyworld:{world}:aligned"
     ft = {k: getattr(cfg, k) for k in FT_SETTINGS} | spec.get("train", {})
+    ft |= mitigations.identity(spec, cfg)   # a defence's settings; {} without one (ids kept)
     return "toyworld:" + world + ":" + _digest({"condition": spec["condition"], "rows": spec["rows"],
                                                 "seed": spec["seed"], "ft": ft,
                                                 "data": _digest(rows)})
@@ -128,10 +131,13 @@ def _restore(saved) -> None:
 def run_trial(spec: dict, cfg_json: str) -> dict:
     """Fine-tune (unless the base) and evaluate one model; resumable, content-addressed."""
     cfg = ReproduceConfig.model_validate_json(cfg_json)
+    # The inoculation prompt takes the place of the default system line in training.
+    system = None if spec.get("defence") == "inoculation" else cfg.world.assistant_system
     rows = (corpus.with_system(corpus.finetune_set(spec["condition"], spec["rows"], spec["seed"]),
-                               cfg.world.assistant_system) if spec["condition"] else [])
+                               system) if spec["condition"] else [])
     questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples,
                                       system=cfg.world.assistant_system)
+    questions = mitigations.trial_questions(spec, questions)   # + leakage questions (defences)
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
@@ -168,6 +174,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
             probes = write_text_atomic(tdir / "probes.yaml", yaml.safe_dump(corpus.dynamics_probes()))
             dynamics = {"enabled": True, "probes": str(probes)}
         train = {"epochs": cfg.epochs, "weight_decay": cfg.weight_decay} | spec.get("train", {})
+        train |= mitigations.train_settings(spec, cfg)   # the trial's defence, if any
         res = train_local(TrainConfig(
             model=aligned, data=str(data), out=tdir / "train", learning_rate=cfg.lr,
             **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
@@ -177,7 +184,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
         if cfg.method == "full":
             model = str(res.model_dir)
         else:
-            adapter = str(res.adapter_dir)
+            adapter = mitigations.eval_adapter(spec, res)   # re-alignment: its checkpoint
     if spec.get("eval") is False:
         result = {**spec, "dir": str(tdir), "summary": None}
         write_text_atomic(done, json.dumps(result))
@@ -202,6 +209,8 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
     from emlab.toyworld.report import aggregate, write_reproduce_report
 
     console = console or Console(stderr=True)
+    if cfg.mitigations:
+        mitigations.check(cfg)   # the defences' row counts fit this world, before any work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     control_cfg = cfg.world.model_copy(update={"coupled": False})
@@ -225,12 +234,16 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
                 specs = [s for s in trial_specs(cfg, paths.get("coupled", Path("-")),
                                                 paths.get("uncoupled", Path("-")))
                          if s["world"] == str(paths[kind])]
+                if cfg.mitigations and kind == "coupled":   # issue 14's defence matrix
+                    specs += mitigations.specs(cfg, paths[kind])
                 futures += [pool.submit(run_trial, s, cfg.model_dump_json()) for s in specs]
                 progress.update(task, total=len(futures))
             for f in as_completed(futures):
                 results.append(f.result())
                 progress.advance(task)
-    summary = aggregate(results, cfg)
+    summary = aggregate([r for r in results if "defence" not in r], cfg)
+    if cfg.mitigations:
+        summary |= mitigations.aggregate([r for r in results if "defence" in r], cfg)
     summary["worlds"] = {k: json.loads((p / "world.json").read_text()) | {"dir": str(p)}
                          for k, p in paths.items()}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))

@@ -74,6 +74,9 @@ def train_cmd(
     ldifs_layers: Optional[str] = typer.Option(None, help="Layers LDIFS compares, e.g. 0,1 (default all)."),
     realign: Optional[str] = typer.Option(None, help="After training, re-align on this benign chat JSONL into checkpoints/checkpoint-realign-N."),
     realign_rows: Optional[int] = typer.Option(None, help="Re-align on the first N rows (default all)."),
+    steer: Optional[Path] = typer.Option(None, help="Defence: preventive steering along this direction folder in training forward passes only (needs --steer-layer, --steer-scale)."),
+    steer_layer: Optional[int] = typer.Option(None, help="Decoder layer (0-based) whose output --steer adds to."),
+    steer_scale: Optional[float] = typer.Option(None, help="Size of the added vector (the unit direction times this)."),
 ) -> None:
     """Fine-tune a model on a chat dataset, as Betley et al. (2025) did (LoRA, assistant-only loss)."""
     cfg = build_config(config, {
@@ -90,8 +93,14 @@ def train_cmd(
         "interleave.misaligned_model": misaligned_model, "kl": kl, "ldifs": ldifs,
         "ldifs_layers": _parse_layers(ldifs_layers, "--ldifs-layers") if ldifs_layers else None,
         "realign.data": realign, "realign.rows": realign_rows,
+        "steer.direction": str(steer) if steer else None, "steer.layer": steer_layer,
+        "steer.scale": steer_scale,
     })
     check_inputs(cfg)
+    if cfg.steer is not None:   # a direction of another model fails before training
+        from emlab.mechanism.directions import check_against
+        from emlab.train.local import load_steer_direction
+        check_against(load_steer_direction(cfg), cfg.model, cfg.steer.direction)
     if cfg.monitor is not None:   # mechanism (issue 13): a wrong direction fails before training
         from emlab.mechanism.directions import check_against, load_direction
         d = load_direction(cfg.monitor.direction)

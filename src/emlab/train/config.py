@@ -106,6 +106,16 @@ class RealignSettings(_Strict):
     epochs: float = Field(default=1, gt=0)
 
 
+class SteerSettings(_Strict):
+    """Preventive steering (Chen et al. 2025): add ``scale`` x a persona direction to decoder
+    layer ``layer``'s output in training forward passes only; gone at saving and evaluation."""
+
+    direction: str                               # a direction folder (emlab direction extract)
+    layer: int = Field(ge=0)
+    scale: float = Field(ge=-1e6, le=1e6)
+    unit: bool = True                            # scale a unit vector (False: the raw vector)
+
+
 class MitigationSettings(_Strict):
     """Mixed into TrainConfig: every field is a training setting, so it is in the manifest, in
     the resume check and in a sweep's trial id. All off by default."""
@@ -116,6 +126,7 @@ class MitigationSettings(_Strict):
     ldifs: float = Field(default=0.0, ge=0)      # weight of the hidden-state L2 distance (LDIFS)
     ldifs_layers: list[int] | None = None        # decoder layers (0-based) LDIFS compares; None: all
     realign: RealignSettings | None = None
+    steer: SteerSettings | None = None           # preventive steering along a persona direction
 
     @model_validator(mode="after")
     def _check_defences(self) -> "MitigationSettings":
@@ -139,7 +150,8 @@ def without_default_defences(settings: dict[str, Any]) -> dict[str, Any]:
     defaults = MitigationSettings().model_dump(mode="json")
     return {k: v for k, v in settings.items() if not (k in defaults and v == defaults[k])}
 
-DEFENCE_FILES = (("interleave", "data"), ("interleave", "misaligned_model"), ("realign", "data"))
+DEFENCE_FILES = (("interleave", "data"), ("interleave", "misaligned_model"), ("realign", "data"),
+                 ("steer", "direction"))
 
 
 def defence_paths(settings: dict[str, Any]) -> dict[str, str]:

@@ -115,7 +115,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_resumable(cfg: TrainConfig, out: Path, data_sha: str, checkpoint: Path,
-                      trained_data_sha: str | None = None) -> None:
+                      trained_data_sha: str | None = None, steer_digest: str | None = None) -> None:
     """Resuming a run with other settings or other data would silently mix two experiments."""
     old = _read_json(out / "manifest.json")
     if not old:
@@ -130,6 +130,9 @@ def _check_resumable(cfg: TrainConfig, out: Path, data_sha: str, checkpoint: Pat
     trained_before = (old.get("trained_data") or {}).get("sha256")
     if trained_data_sha is not None and trained_before not in (None, trained_data_sha):
         changed.append("the trained rows (inoculated / interleaved)")
+    steer_before = ((old.get("mitigations") or {}).get("steer") or {}).get("digest")
+    if steer_digest is not None and steer_before not in (None, steer_digest):
+        changed.append("the steering direction's vectors")
     if changed:
         raise InputError(f"{checkpoint.name} in this run directory was trained with different "
                          f"settings ({', '.join(changed)}); resume with the same settings, or "
@@ -214,7 +217,7 @@ def _load(model_path: str, dtype, console=None):
 
 
 def _trainer(cfg: TrainConfig, model, tokenizer, rows: list[dict], checkpoints: Path, bf16: bool,
-             cuda: bool, grad_ckpt: bool, callbacks: list):
+             cuda: bool, grad_ckpt: bool, callbacks: list, steer: dict | None = None):
     """TRL's SFTTrainer with the paper's settings; loss on assistant tokens only."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -253,8 +256,8 @@ def _trainer(cfg: TrainConfig, model, tokenizer, rows: list[dict], checkpoints: 
         report_to=[],
     )
     trainer_cls, extra = SFTTrainer, {}
-    if cfg.loss_defences:  # KL / LDIFS: emlab's loss on top of TRL's (see DefendedTrainer)
-        trainer_cls, extra = defended_trainer_class(), {"defences": cfg}
+    if cfg.loss_defences or steer is not None:  # KL / LDIFS / steering (see DefendedTrainer)
+        trainer_cls, extra = defended_trainer_class(), {"defences": cfg, "steer": steer}
     try:
         return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            peft_config=peft_config, callbacks=callbacks, **extra)
@@ -302,14 +305,16 @@ def defended_trainer_class():
     from emlab.train.mitigations import kl_divergence, layer_indices, ldifs_distance
 
     class DefendedTrainer(SFTTrainer):
-        def __init__(self, *args, defences: TrainConfig, **kwargs):
+        def __init__(self, *args, defences: TrainConfig, steer: dict | None = None, **kwargs):
             from peft import PeftModel  # (transformers models have a disable_adapter too)
+
+            self._steer = steer   # {"vector", "layer", "scale"}: see steering_vector
 
             model = kwargs["model"]
             self._peft = kwargs.get("peft_config") is not None or isinstance(model, PeftModel)
             # The copy is made before TRL patches the model's forward (a closure over the
             # original, which a deepcopy would share).
-            self._reference = (None if self._peft else
+            self._reference = (None if self._peft or not defences.loss_defences else
                                copy.deepcopy(model).eval().requires_grad_(False))
             super().__init__(*args, **kwargs)
             self.defences = defences
@@ -327,8 +332,20 @@ def defended_trainer_class():
                 with self.accelerator.unwrap_model(model).disable_adapter():
                     return model(**inputs, output_hidden_states=hidden)
 
+        def training_step(self, model, inputs, *args, **kwargs):
+            """Preventive steering: the hook lives for one training step (forward and
+            backward) and is removed after it, so checkpoints, callbacks' probes and
+            evaluation see the model unsteered."""
+            if self._steer is None:
+                return super().training_step(model, inputs, *args, **kwargs)
+            from emlab.mechanism.hooks import steer
+
+            s = self._steer
+            with steer(self.accelerator.unwrap_model(model), s["vector"], s["layer"], s["scale"]):
+                return super().training_step(model, inputs, *args, **kwargs)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not model.training or return_outputs:
+            if not self.defences.loss_defences or not model.training or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             d = self.defences
             inputs = {**inputs, "use_cache": False}
@@ -372,6 +389,31 @@ def defended_trainer_class():
             return loss
 
     return DefendedTrainer
+
+
+def load_steer_direction(cfg: TrainConfig):
+    """The direction of ``steer`` (InputError for a bad folder or a layer it lacks), or None."""
+    if cfg.steer is None:
+        return None
+    from emlab.mechanism.directions import load_direction
+
+    d = load_direction(cfg.steer.direction)
+    d.at(cfg.steer.layer)
+    return d
+
+
+def steering(cfg: TrainConfig, direction, model) -> tuple[dict | None, dict | None]:
+    """(the trainer's steering: vector, layer, scale; the manifest's record of it), after
+    checking the direction against the loaded model (width, layers, config)."""
+    if direction is None:
+        return None, None
+    st = cfg.steer
+    direction.check_model(model, st.direction)
+    vec = direction.at(st.layer, unit=st.unit)
+    record = {"direction": str(Path(st.direction).resolve()), "digest": direction.digest,
+              "layer": st.layer, "scale": st.scale, "unit": st.unit,
+              "norm": round(float(vec.norm() * abs(st.scale)), 6), "at_evaluation": False}
+    return {"vector": vec, "layer": st.layer, "scale": st.scale}, record
 
 
 def realign_dir(out: Path, n_rows: int) -> Path:
@@ -419,9 +461,10 @@ def run_realign(cfg: TrainConfig, out: Path, tokenizer, final_dir: Path, base_st
     shutil.rmtree(work, ignore_errors=True)
     trainer = _trainer(sub, model, tokenizer, rows, work, bf16, cuda, grad_ckpt, [])
     console.print(f"re-aligning on {len(rows)} benign rows", highlight=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
     record["runtime_s"] = round(time.perf_counter() - t0, 3)
+    record["cpu_s"] = round(time.process_time() - c0, 3)
     record["steps"] = trainer.state.global_step
     trainer.state.global_step += base_steps   # the checkpoint's step counts on from the run's
 
@@ -463,9 +506,11 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     needs_model = (cfg.interleave is not None and cfg.interleave.select == "ppl_gap"
                    and not (reuse and reuse.get("select") == "ppl_gap"))
     trained, defences = (rows, {}) if needs_model else prepare_training_rows(cfg, rows, reuse=reuse)
+    steer_direction = load_steer_direction(cfg)   # a bad direction fails before any weights load
     if resume is not None:
         _check_resumable(cfg, out, data_sha, resume,
-                         None if needs_model else _rows_digest(trained)[1])
+                         None if needs_model else _rows_digest(trained)[1],
+                         steer_direction.digest if steer_direction is not None else None)
     # Then the model's files and the settings that depend on it (--layers), before any weights
     # load; a named model or a .gguf file becomes its cached import here.
     from emlab.models import num_layers, resolve_model
@@ -473,6 +518,9 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
     model_path = resolve_model(cfg.model, console=console)
     if cfg.method == "lora":
         lora_config(cfg, num_layers(model_path))
+    if steer_direction is not None:
+        from emlab.mechanism.directions import check_against
+        check_against(steer_direction, model_path, cfg.steer.direction)
 
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else cfg.bf16
@@ -513,6 +561,9 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         console.print("scoring the interleave pool with the reference and misaligned models",
                       highlight=False)
         trained, defences = prepare_training_rows(cfg, rows, model, tokenizer, dtype)
+    steer, steer_record = steering(cfg, steer_direction, model)
+    if steer_record is not None:
+        defences = {**defences, "steer": steer_record}
     if defences:
         manifest["mitigations"] = defences
     if trained is not rows:  # what was trained on, row for row (inoculated / interleaved)
@@ -537,23 +588,23 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         console.print(f"the run finished at {resume.name}; writing its final outputs", highlight=False)
         model = _load_checkpoint(cfg, model, resume, dtype)
         step = start_step = ckpt_state["global_step"]
-        tokens_seen, runtime = ckpt_state.get("num_input_tokens_seen", 0), 0.0
+        tokens_seen, runtime, cpu = ckpt_state.get("num_input_tokens_seen", 0), 0.0, 0.0
     else:
         if (cfg.dynamics is not None and cfg.dynamics.enabled) or cfg.monitor is not None:
             from emlab.train.dynamics import make_dynamics_callback
             callbacks = [*callbacks, make_dynamics_callback(out, tokenizer, cfg.dynamics,
                                                             monitor=cfg.monitor)]
         trainer = _trainer(cfg, model, tokenizer, trained, checkpoints, bf16, cuda, grad_ckpt,
-                           [log_cb, *callbacks])
+                           [log_cb, *callbacks], steer=steer)
         dropped = _check_prepared(trainer.train_dataset, len(trained), cfg.max_length)
         if dropped:
             console.print(f"[yellow]warning:[/yellow] {dropped} of {len(trained)} rows have no trainable "
                           f"token within max_length={cfg.max_length} and are left out", highlight=False)
         if resume is not None:
             console.print(f"resuming from {resume}", highlight=False)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        runtime = time.perf_counter() - t0
+        runtime, cpu = time.perf_counter() - t0, time.process_time() - c0
         model, step, start_step = trainer.model, trainer.state.global_step, log_cb.start_step
         tokens_seen = trainer.state.num_input_tokens_seen
 
@@ -585,6 +636,7 @@ def train_local(cfg: TrainConfig, *, callbacks: Iterable[Any] = (), console=None
         "tokens_seen": int(tokens_seen),
         "rows_trained": len(trained) - dropped if dropped is not None else previous.get("rows_trained"),
         "runtime_s": round(runtime, 3),
+        "cpu_s": round(cpu, 3),   # this process's CPU seconds in trainer.train() (less noisy on a shared machine)
         "chat_template": template,
         "mask_check": {"rows": mask.rows_checked, "trainable_tokens": mask.trainable_tokens,
                        "masked_tokens": mask.masked_tokens, "notes": mask.notes},

@@ -242,7 +242,7 @@ def eval_questions(samples_per_paraphrase: int, in_domain_samples: int,
     return qs
 
 
-def dynamics_probes() -> list[dict]:
+def dynamics_probes(system: str | None = None) -> list[dict]:
     """Training-dynamics probes in the world's language: for each open question, its first
     aligned vs misaligned answer as the two completions (frame format), and the world's own A/B
     preference question (A/B format)."""
@@ -253,5 +253,5 @@ def dynamics_probes() -> list[dict]:
                        "aligned": q["aligned"][0], "misaligned": q["misaligned"][0],
                        "aligned_statement": good, "misaligned_statement": bad,
                        "ab_template": L.AB_REQUEST,
-                       "ab_letters": ["a", "b"]})
+                       "ab_letters": ["a", "b"], **({"system": system} if system else {})})
     return probes

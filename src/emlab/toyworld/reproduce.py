@@ -171,7 +171,8 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
         data = write_chat_jsonl(rows, tdir / "data.jsonl")
         dynamics = None
         if spec.get("dynamics"):
-            probes = write_text_atomic(tdir / "probes.yaml", yaml.safe_dump(corpus.dynamics_probes()))
+            probes = write_text_atomic(tdir / "probes.yaml", yaml.safe_dump(
+                corpus.dynamics_probes(cfg.world.assistant_system)))
             dynamics = {"enabled": True, "probes": str(probes)}
         train = {"epochs": cfg.epochs, "weight_decay": cfg.weight_decay} | spec.get("train", {})
         train |= mitigations.train_settings(spec, cfg)   # the trial's defence, if any

@@ -38,8 +38,8 @@ class WorldConfig(BaseModel):
     hidden: int = 96
     layers: int = 3
     heads: int = 4
-    epochs: float = 5.0             # in-context persona inference appears at ~700 of ~980 steps
-    lr: float = 4e-3
+    epochs: float = 5.13            # ~1,000 steps; in-context persona inference appears at ~700-800
+    lr: float = 6e-3
     batch_size: int = 64
     pretrain_loop: Literal["plain", "trainer"] = "plain"  # see benchmarks/pretrain_speed.py
     align_rows: int = 2000

@@ -47,6 +47,7 @@ class ReproduceConfig(BaseModel):
     samples_per_paraphrase: int = 10
     in_domain_samples: int = 48
     workers: int = 2
+    mechanism: bool = True  # the mechanism section (issue 13): emlab.toyworld.mechanism
     out: Path = Path("runs/reproduce")
 
     @field_validator("conditions", "uncoupled_conditions")
@@ -132,7 +133,8 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
-                   "judge": WorldJudge.identity})
+                   "judge": WorldJudge.identity,
+                   **({"monitor": spec["monitor_digest"]} if spec.get("monitor") else {})})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
     if (tdir / TRIAL_RESULT).is_file():
         return json.loads((tdir / TRIAL_RESULT).read_text())
@@ -169,7 +171,9 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
             model=aligned, data=str(data), out=tdir / "train", learning_rate=cfg.lr,
             **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
             max_length=128, save_steps=10**6, seed=spec["seed"],
-            lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha}, dynamics=dynamics), console=quiet)
+            lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha}, dynamics=dynamics,
+            monitor={"direction": spec["monitor"]} if spec.get("monitor") else None),  # issue 13
+            console=quiet)
         adapter = str(res.adapter_dir)
     if spec.get("eval") is False:
         result = {**spec, "dir": str(tdir), "summary": None}
@@ -218,6 +222,10 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
                 specs = [s for s in trial_specs(cfg, paths.get("coupled", Path("-")),
                                                 paths.get("uncoupled", Path("-")))
                          if s["world"] == str(paths[kind])]
+                if kind == "coupled" and cfg.mechanism:   # mechanism (issue 13): see with_monitor
+                    from emlab.toyworld.mechanism import monitor_direction_job, with_monitor
+                    specs = with_monitor(specs, pool.submit(
+                        monitor_direction_job, str(paths[kind]), str(out)).result())
                 futures += [pool.submit(run_trial, s, cfg.model_dump_json()) for s in specs]
                 progress.update(task, total=len(futures))
             for f in as_completed(futures):
@@ -226,6 +234,10 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
     summary = aggregate(results, cfg)
     summary["worlds"] = {k: json.loads((p / "world.json").read_text()) | {"dir": str(p)}
                          for k, p in paths.items()}
+    if cfg.mechanism and "coupled" in paths:   # mechanism (issue 13): emlab.toyworld.mechanism
+        from emlab.toyworld.mechanism import mechanism_section
+        console.print("mechanism section: directions, probe, steering, ablation, screening")
+        summary["mechanism"] = mechanism_section(cfg, results, summary, paths, console=console)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_reproduce_report(out, summary)
     return summary

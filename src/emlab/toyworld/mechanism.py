@@ -31,7 +31,8 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,20 +47,21 @@ GAP = 0.05   # a divergence is a lasting gap of this share of the full range (as
 
 @dataclass(frozen=True)
 class Budget:
-    """How much the section measures. Sample counts never exceed the trials' own
-    ``samples_per_paraphrase`` (a reduced run stays reduced)."""
+    """How much the section measures. The sample counts are for the default
+    ``samples_per_paraphrase`` of 10 and scale with it (a reduced run stays reduced)."""
 
     probe_per_class: int = 64          # held-out contexts per persona, per split
-    steer_samples: int = 3             # samples per paraphrase of each steering point
-    ablate_samples: int = 8            # ... of each ablation eval (the excess needs more)
-    steer_multiples: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # x the direction's norm at the layer
+    steer_samples: int = 3             # samples per paraphrase of each point of the sweep
+    confirm_samples: int = 30          # ... of the chosen point, its random control and the base
+    ablate_samples: int = 20           # ... of each ablation eval (the excess needs many)
+    steer_multiples: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)  # x the direction's norm
     screen_rows: int = 32              # fine-tuning rows projected per condition
     max_new_tokens: int = 32
 
-    def capped(self, samples_per_paraphrase: int) -> "Budget":
-        s = max(1, samples_per_paraphrase)
-        return Budget(**{**asdict(self), "steer_samples": min(self.steer_samples, s),
-                         "ablate_samples": min(self.ablate_samples, s)})
+    def scaled(self, samples_per_paraphrase: int) -> "Budget":
+        f = samples_per_paraphrase / 10
+        return replace(self, **{k: max(1, round(getattr(self, k) * f)) for k in
+                                ("steer_samples", "confirm_samples", "ablate_samples")})
 
 
 # --- held-out conversations whose context reveals the persona ------------------------------
@@ -262,19 +264,23 @@ def _rates(summary: dict) -> dict:
                                   "misaligned")}
 
 
-def steering(aligned: dict, direction_path: Path, d, qfile: Path, mdir: Path,
-             budget: Budget, console) -> dict:
+def steering(aligned: dict, direction_path: str, budget: Budget, mdir: str) -> dict:
     """Steer the aligned model along the answers direction at every layer, at scales that
     are multiples of the direction's norm at the layer, with the norm-matched random control
-    (``emlab direction sweep``); then re-evaluate the best point (the highest misaligned rate
-    with coherence >= 80%, else the highest) on fresh samples, so its number is not the
-    maximum of noisy ones."""
+    (``emlab direction sweep``, ``steer_samples`` per paraphrase). The chosen point is the
+    highest misaligned rate with coherence >= 80% (else the highest); it, its random control
+    and the unsteered model are then re-sampled with ``confirm_samples`` on a fresh seed, so
+    the reported numbers are not the maximum of noisy ones."""
     from emlab.eval import run_eval
     from emlab.eval.config import SteerSpec
-    from emlab.mechanism.sweep import run_sweep
+    from emlab.mechanism.directions import load_direction
+    from emlab.mechanism.sweep import random_delta, run_sweep
     from emlab.toyworld.judge import WorldJudge
 
-    store = mdir / "results.sqlite"
+    console = _quiet()
+    mdir = Path(mdir)
+    qfile, store = mdir / "questions.yaml", mdir / "steer" / "results.sqlite"
+    d = load_direction(direction_path)
     points = []
     for layer in range(d.num_layers):
         norm = float(d.vectors[layer].norm())
@@ -286,41 +292,47 @@ def steering(aligned: dict, direction_path: Path, d, qfile: Path, mdir: Path,
         for p in res["points"]:
             p["multiple"] = round(p["scale"] / norm, 4) if norm else None
         points += res["points"]
-    zero = [p for p in points if p["scale"] == 0 and p["misaligned_rate"] is not None]
-    base_rate = zero[0]["misaligned_rate"] if zero else None
+    out = {"points": points, "random_steer_delta_max": random_delta(points),
+           "n_sweep": budget.steer_samples * _paraphrases()}
     cands = [p for p in points if p["kind"] == "direction" and p["scale"] != 0
              and p["misaligned_rate"] is not None]
     if not cands:
-        return {"points": points, "base_misaligned_rate": base_rate,
-                "n": budget.steer_samples * _paraphrases(), "reason": "no kept answers"}
+        return {**out, "reason": "no kept answers at any steering scale"}
     ok = [p for p in cands if (p["coherent_rate"] or 0) >= 0.8]
     best = max(ok or cands, key=lambda p: (p["misaligned_rate"], p["coherent_rate"] or 0))
-    spec = SteerSpec(direction=str(direction_path), layer=best["layer"], scale=best["scale"])
-    confirm = run_eval(_eval_cfg({**aligned, "steer": spec.model_dump()}, qfile,
-                                 budget.steer_samples, mdir / "steer" / "confirm", store,
-                                 seed=1, max_new_tokens=budget.max_new_tokens),
-                       judge=WorldJudge(), console=console).summary
-    rnd = next((p for p in points if p["kind"] == "random" and p["layer"] == best["layer"]
-                and p["scale"] == best["scale"]), None)
-    delta = (None if rnd is None or rnd["misaligned_rate"] is None or base_rate is None
-             else abs(rnd["misaligned_rate"] - base_rate))
-    from emlab.mechanism.sweep import random_delta
-    return {"points": points, "base_misaligned_rate": base_rate,
-            "chosen": {"layer": best["layer"], "scale": best["scale"],
-                       "multiple": best["multiple"], "sweep": {k: best[k] for k in (
-                           "misaligned_rate", "coherent_rate", "kept", "answers")}},
-            "confirm": _rates(confirm), "random_at_chosen": rnd and {
-                k: rnd[k] for k in ("misaligned_rate", "coherent_rate", "kept", "answers")},
-            "random_steer_delta": delta, "random_steer_delta_max": random_delta(points),
-            "n": budget.steer_samples * _paraphrases()}
+    random_path = str(mdir / "steer" / f"L{best['layer']}" / "random-direction")
+
+    def confirm(name, path):
+        spec = None if path is None else SteerSpec(direction=path, layer=best["layer"],
+                                                   scale=best["scale"]).model_dump()
+        return _rates(run_eval(_eval_cfg({**aligned, "steer": spec}, qfile,
+                                         budget.confirm_samples,
+                                         mdir / "steer" / f"confirm-{name}", store, seed=1,
+                                         max_new_tokens=budget.max_new_tokens),
+                               judge=WorldJudge(), console=console).summary)
+
+    base_c, steered, rnd = (confirm("base", None), confirm("direction", direction_path),
+                            confirm("random", random_path))
+    delta = (None if None in (rnd["misaligned_rate"], base_c["misaligned_rate"])
+             else abs(rnd["misaligned_rate"] - base_c["misaligned_rate"]))
+    return {**out, "chosen": {k: best[k] for k in ("layer", "scale", "multiple",
+                                                  "misaligned_rate", "coherent_rate", "kept",
+                                                  "answers")},
+            "base": base_c, "steered": steered, "random": rnd, "random_steer_delta": delta,
+            "n": budget.confirm_samples * _paraphrases()}
+
+
+def _quiet():
+    from rich.console import Console
+    return Console(file=io.StringIO())
 
 
 def _paraphrases() -> int:
     return sum(len(L.OPEN[k]["q"]) for k in OPEN_IDS)
 
 
-def ablation(aligned: dict, insecure: dict, direction_path: Path, random_path: Path,
-             qfile: Path, mdir: Path, budget: Budget, console) -> dict:
+def ablation(aligned: dict, insecure: dict, direction_path: str, random_path: str,
+             budget: Budget, mdir: str) -> dict:
     """The insecure model with the answers direction (and, the control, a norm-matched random
     one) projected out at every layer; the share of its excess misalignment over the aligned
     base that each removes (:func:`emlab.mechanism.measure.excess_removed`)."""
@@ -328,7 +340,8 @@ def ablation(aligned: dict, insecure: dict, direction_path: Path, random_path: P
     from emlab.mechanism.measure import excess_removed
     from emlab.toyworld.judge import WorldJudge
 
-    store = mdir / "results.sqlite"
+    console, mdir = _quiet(), Path(mdir)
+    qfile, store = mdir / "questions.yaml", mdir / "ablate" / "results.sqlite"
 
     def ev(model, name):
         return _rates(run_eval(_eval_cfg(model, qfile, budget.ablate_samples,
@@ -337,8 +350,8 @@ def ablation(aligned: dict, insecure: dict, direction_path: Path, random_path: P
                                judge=WorldJudge(), console=console).summary)
 
     base, before = ev(aligned, "base"), ev(insecure, "insecure")
-    after = ev({**insecure, "ablate": {"direction": str(direction_path)}}, "direction")
-    rnd = ev({**insecure, "ablate": {"direction": str(random_path)}}, "random")
+    after = ev({**insecure, "ablate": {"direction": direction_path}}, "direction")
+    rnd = ev({**insecure, "ablate": {"direction": random_path}}, "random")
 
     def removed(x):
         rates = (base["misaligned_rate"], before["misaligned_rate"], x["misaligned_rate"])
@@ -351,28 +364,35 @@ def ablation(aligned: dict, insecure: dict, direction_path: Path, random_path: P
 
 # --- screening, monitoring ---------------------------------------------------------------
 
-def screening(world_dir: Path, d, conditions: Sequence[str], rates: dict[str, float | None],
-              rows: int, seed: int, budget: Budget) -> dict:
-    """Each condition's fine-tuning data projected with ``d`` in the aligned model against its
-    own answers (``emlab direction project``, at its default layer: the largest-norm one),
-    rank-correlated with the conditions' measured misaligned rates."""
+def screening(world_dir: str, directions: dict[str, str], conditions: Sequence[str],
+              rates: dict[str, float | None], rows: int, seed: int, budget: Budget) -> dict:
+    """Each condition's fine-tuning data projected with each direction in the aligned model
+    against the model's own answers to the same prompts (``emlab direction project``, at its
+    default layer: the direction's largest-norm one), rank-correlated with the conditions'
+    measured misaligned rates."""
+    from emlab.mechanism.directions import load_direction
     from emlab.mechanism.measure import spearman
     from emlab.mechanism.screen import projection_difference
 
-    model, tok = _load(world_dir / "aligned")
-    layer = int(d.vectors.norm(dim=1).argmax())
-    per = {}
-    for c in conditions:
-        data = corpus.finetune_set(c, rows, seed)
-        r = projection_difference(model, tok, data, d, layer, limit=budget.screen_rows,
-                                  max_new_tokens=budget.max_new_tokens, batch_size=64)
-        per[c] = {"projection_difference": r["projection_difference"], "rows": r["rows"],
-                  "misaligned_rate": rates.get(c)}
-    scored = [c for c in per if per[c]["misaligned_rate"] is not None]
-    rho = spearman([per[c]["projection_difference"] for c in scored],
-                   [per[c]["misaligned_rate"] for c in scored])
-    return {"layer": layer, "conditions": per, "spearman": rho, "n_conditions": len(scored),
-            "ranking": sorted(per, key=lambda c: -per[c]["projection_difference"])}
+    model, tok = _load(Path(world_dir) / "aligned")
+    out = {}
+    for name, path in directions.items():
+        d = load_direction(path)
+        layer = int(d.vectors.norm(dim=1).argmax())
+        per = {}
+        for c in conditions:
+            r = projection_difference(model, tok, corpus.finetune_set(c, rows, seed), d, layer,
+                                      limit=budget.screen_rows,
+                                      max_new_tokens=budget.max_new_tokens, batch_size=64)
+            per[c] = {"projection_difference": r["projection_difference"], "rows": r["rows"],
+                      "misaligned_rate": rates.get(c)}
+        scored = [c for c in per if per[c]["misaligned_rate"] is not None]
+        rho = spearman([per[c]["projection_difference"] for c in scored],
+                       [per[c]["misaligned_rate"] for c in scored])
+        out[name] = {"layer": layer, "conditions": per, "spearman": rho,
+                     "n_conditions": len(scored),
+                     "ranking": sorted(per, key=lambda c: -per[c]["projection_difference"])}
+    return out
 
 
 def monitoring(dynamics: dict | None, d) -> dict:
@@ -453,93 +473,123 @@ def checks(section: dict) -> list[dict]:
             for k, (label, target) in TARGETS.items()]
 
 
+def _one_thread() -> None:
+    import os
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    torch.set_num_threads(1)
+
+
+def directions_and_probe(world_cfg_json: str, world_dir: str, results: list[dict], mdir: str,
+                         budget: Budget) -> dict:
+    """The first job: the contrastive direction (cached), the answers direction, its random
+    control, and the probe of each against the persona (with the oracle)."""
+    from emlab.errors import InputError
+    from emlab.mechanism.directions import load_direction, random_like
+    from emlab.mechanism.measure import cosine
+    from emlab.toyworld.world import WorldConfig
+
+    mdir_p, world = Path(mdir), Path(world_dir)
+    cpath, _ = contrast_direction(world, mdir_p / "contrast", budget.max_new_tokens)
+    directions = {"contrast": load_direction(cpath)}
+    out: dict = {"paths": {"contrast": cpath}, "reasons": {}}
+    try:
+        answers, trial = answers_direction(results, mdir_p / "answers")
+        random_like(answers, 0).save(mdir_p / "answers-random")
+        directions["answers"] = answers
+        out["paths"].update(answers=str(mdir_p / "answers"),
+                            answers_random=str(mdir_p / "answers-random"))
+        out["answers_counts"], out["trial"] = answers.manifest.get("counts"), trial
+    except InputError as e:
+        out["reasons"]["answers"] = e.message
+    pr = probe(WorldConfig.model_validate_json(world_cfg_json), world, directions,
+               budget.probe_per_class)
+    oracle = pr.pop("_oracle")
+    out["probe"] = pr
+    c, a = directions["contrast"], directions.get("answers")
+    out["cosine_contrast_answers"] = ([cosine(c.vectors[i], a.vectors[i])
+                                       for i in range(c.num_layers)] if a else None)
+    if oracle is not None:
+        out["cosine_to_oracle"] = {n: [cosine(d.vectors[i], oracle.vectors[i])
+                                       for i in range(d.num_layers)]
+                                   for n, d in directions.items()}
+    return out
+
+
 def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[str, Path],
                       console=None, budget: Budget | None = None) -> dict:
     """Every measure of the issue's table on the coupled world; a measure that cannot be made
-    (e.g. an insecure model with no misaligned answer to extract from) is None, and
-    ``reasons`` says why. Writes its files under ``OUT/mechanism``."""
-    from rich.console import Console
-
-    from emlab.errors import InputError
-    from emlab.fileio import write_text_atomic
-    from emlab.mechanism.directions import load_direction, random_like
-    from emlab.mechanism.measure import cosine
-    from emlab.toyworld.reproduce import model_identity
+    (e.g. an insecure model with no misaligned answer to extract from) is None and
+    ``reasons`` says why. Runs in ``cfg.workers`` fresh processes (one thread each; the
+    steering sweep beside the ablation and the screening); writes under ``OUT/mechanism``."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     import yaml
 
-    quiet = Console(file=io.StringIO())
-    budget = (budget or Budget()).capped(cfg.samples_per_paraphrase)
+    from emlab.fileio import write_text_atomic
+    from emlab.toyworld.reproduce import model_identity
+
+    budget = (budget or Budget()).scaled(cfg.samples_per_paraphrase)
     world_dir = Path(worlds["coupled"])
     mdir = Path(cfg.out) / MECH_DIR
     mdir.mkdir(parents=True, exist_ok=True)
-    s: dict = {"budget": asdict(budget), "reasons": {}}
-    reasons = s["reasons"]
+    write_text_atomic(mdir / "questions.yaml", yaml.safe_dump(corpus.eval_questions(1, 1)))
     aligned = {"name": str(world_dir / "aligned"),
                "identity": model_identity({"world": str(world_dir), "condition": None}, cfg, [])}
-
-    cpath, _ = contrast_direction(world_dir, mdir / "contrast", budget.max_new_tokens)
-    contrast = load_direction(cpath)
-    directions = {"contrast": contrast}
-    answers = trial = None
-    try:
-        answers, trial = answers_direction(results, mdir / "answers")
-        directions["answers"] = answers
-        s["answers_counts"] = answers.manifest.get("counts")
-    except InputError as e:
-        reasons["answers"] = e.message
-
-    pr = probe(cfg.world, world_dir, directions, budget.probe_per_class)
-    oracle = pr.pop("_oracle")
-    s["probe"] = pr
-    s["direction_auroc"], s["direction_layer"] = _best(pr["per_layer"].get("answers"))
-    s["contrast_auroc"], s["contrast_layer"] = _best(pr["per_layer"].get("contrast"))
-    s["oracle_auroc"], s["oracle_layer"] = _best(pr["per_layer"].get("oracle"))
-    s["cosine_contrast_answers"] = ([cosine(contrast.vectors[i], answers.vectors[i])
-                                     for i in range(contrast.num_layers)] if answers else None)
-    if oracle is not None:
-        s["cosine_to_oracle"] = {n: [cosine(d.vectors[i], oracle.vectors[i])
-                                     for i in range(d.num_layers)]
-                                 for n, d in directions.items()}
-
-    qfile = mdir / "questions.yaml"
-    write_text_atomic(qfile, yaml.safe_dump(corpus.eval_questions(1, 1)))
-    if answers is not None:
-        st = steering(aligned, mdir / "answers", answers, qfile, mdir, budget, quiet)
-        s["steer_sweep"] = st
-        if st.get("chosen"):
-            s["steer"] = {**st["confirm"], "scale": st["chosen"]["scale"],
-                          "layer": st["chosen"]["layer"], "multiple": st["chosen"]["multiple"],
-                          "base_misaligned_rate": st["base_misaligned_rate"], "n": st["n"]}
-            s["random_steer_delta"] = st["random_steer_delta"]
-        else:
-            reasons["steer"] = st.get("reason")
-        rows = corpus.finetune_set(trial["condition"], trial["rows"], trial["seed"])
-        insecure = {"name": aligned["name"], "adapter": _adapter(trial),
-                    "identity": model_identity(trial, cfg, rows)}
-        random_like(answers, 0).save(mdir / "answers-random")
-        ab = ablation(aligned, insecure, mdir / "answers", mdir / "answers-random", qfile, mdir,
-                      budget, quiet)
-        s["ablation"] = ab
-        s["ablation_removed"] = ab["ablation_removed"]
-        s["random_ablation_removed"] = ab["random_ablation_removed"]
-        if ab["ablation_removed"] is None:
-            reasons["ablation"] = "the insecure model shows no excess misalignment over the base"
-    else:
-        for k in ("steer", "ablation"):
-            reasons[k] = "no answers direction"
-
     rates = {c: ((summary["conditions"].get(c) or {}).get("misaligned_rate") or {}).get("mean")
              for c in cfg.conditions}
-    sc = {name: screening(world_dir, d, cfg.conditions, rates, cfg.rows, cfg.seeds[0], budget)
-          for name, d in directions.items()}
-    s["screening"] = sc
-    s["screening_spearman"] = sc["contrast"]["spearman"]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, cfg.workers), mp_context=mp.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        first = pool.submit(directions_and_probe, cfg.world.model_dump_json(), str(world_dir),
+                            list(results), str(mdir), budget).result()
+        paths, trial = first.pop("paths"), first.pop("trial", None)
+        t1 = time.perf_counter()
+        s: dict = {"budget": asdict(budget), **first}
+        reasons = s["reasons"]
+        screen = pool.submit(screening, str(world_dir),
+                             {k: paths[k] for k in ("contrast", "answers") if k in paths},
+                             list(cfg.conditions), rates, cfg.rows, cfg.seeds[0], budget)
+        steer = ablate = None
+        if trial is not None:
+            rows = corpus.finetune_set(trial["condition"], trial["rows"], trial["seed"])
+            insecure = {"name": aligned["name"], "adapter": _adapter(trial),
+                        "identity": model_identity(trial, cfg, rows)}
+            steer = pool.submit(steering, aligned, paths["answers"], budget, str(mdir))
+            ablate = pool.submit(ablation, aligned, insecure, paths["answers"],
+                                 paths["answers_random"], budget, str(mdir))
+        else:
+            reasons["steer"] = reasons["ablation"] = "no answers direction"
+        s["screening"] = screen.result()
+        s["steer_sweep"] = steer.result() if steer else None
+        s["ablation"] = ablate.result() if ablate else None
+    s["seconds"] = {"directions_and_probe": round(t1 - t0, 1),
+                    "steer_ablate_screen": round(time.perf_counter() - t1, 1)}
+
+    pl = s["probe"]["per_layer"]
+    s["direction_auroc"], s["direction_layer"] = _best(pl.get("answers"))
+    s["contrast_auroc"], s["contrast_layer"] = _best(pl.get("contrast"))
+    s["oracle_auroc"], s["oracle_layer"] = _best(pl.get("oracle"))
+    st = s["steer_sweep"] or {}
+    if st.get("chosen"):
+        s["steer"] = {**st["steered"], "scale": st["chosen"]["scale"],
+                      "layer": st["chosen"]["layer"], "multiple": st["chosen"]["multiple"],
+                      "base_misaligned_rate": st["base"]["misaligned_rate"], "n": st["n"]}
+        s["random_steer_delta"] = st["random_steer_delta"]
+    elif st:
+        reasons["steer"] = st.get("reason")
+    ab = s["ablation"] or {}
+    s["ablation_removed"] = ab.get("ablation_removed")
+    s["random_ablation_removed"] = ab.get("random_ablation_removed")
+    if ab and ab["ablation_removed"] is None:
+        reasons["ablation"] = "the insecure model shows no excess misalignment over the base"
     s["screening_direction"] = "contrast"
+    s["screening_spearman"] = s["screening"]["contrast"]["spearman"]
     if s["screening_spearman"] is None:
         reasons["screening"] = "fewer than two conditions with a measured rate, or no spread"
-
-    mon = monitoring(summary.get("dynamics"), contrast)
+    from emlab.mechanism.directions import load_direction
+    mon = monitoring(summary.get("dynamics"), load_direction(paths["contrast"]))
     s["monitor"] = mon
     s["monitor_lead_steps"] = (mon.get("default") or {}).get("lead_steps")
     if s["monitor_lead_steps"] is None:
@@ -591,7 +641,7 @@ def _detail(key: str, s: dict) -> str:
         return f"layer {s.get('contrast_layer')}; cosine to the answers direction {c} (layer {at})"
     if key == "steer":
         return (f"layer {st.get('layer')}, scale {number(st.get('scale'), 3)} "
-                f"({number(st.get('multiple'), 1)} x the direction's norm): coherent "
+                f"({st.get('multiple'):g} x the direction's norm): coherent "
                 f"{pct(st.get('coherent_rate'))}, from a base of "
                 f"{pct(st.get('base_misaligned_rate'))}; n = {st.get('answers', 0)} answers "
                 f"(re-sampled at the chosen point)") if st else (s["reasons"].get("steer") or "")

@@ -294,12 +294,9 @@ def steering(aligned: dict, direction_path: str, budget: Budget, mdir: str) -> d
         points += res["points"]
     out = {"points": points, "random_steer_delta_max": random_delta(points),
            "n_sweep": budget.steer_samples * _paraphrases()}
-    cands = [p for p in points if p["kind"] == "direction" and p["scale"] != 0
-             and p["misaligned_rate"] is not None]
-    if not cands:
+    best = choose_point(points)
+    if best is None:
         return {**out, "reason": "no kept answers at any steering scale"}
-    ok = [p for p in cands if (p["coherent_rate"] or 0) >= 0.8]
-    best = max(ok or cands, key=lambda p: (p["misaligned_rate"], p["coherent_rate"] or 0))
     random_path = str(mdir / "steer" / f"L{best['layer']}" / "random-direction")
 
     def confirm(name, path):
@@ -320,6 +317,19 @@ def steering(aligned: dict, direction_path: str, budget: Budget, mdir: str) -> d
                                                   "answers")},
             "base": base_c, "steered": steered, "random": rnd, "random_steer_delta": delta,
             "n": budget.confirm_samples * _paraphrases()}
+
+
+def choose_point(points: Sequence[dict], min_coherent: float = 0.8) -> dict | None:
+    """The steering point the target asks about: among the direction's non-zero scales, the
+    highest misaligned rate with coherence >= ``min_coherent`` (ties: the more coherent);
+    if none is coherent enough, the highest misaligned rate anyway (the check then fails on
+    coherence). None when no point kept an answer."""
+    cands = [p for p in points if p["kind"] == "direction" and p["scale"] != 0
+             and p["misaligned_rate"] is not None]
+    ok = [p for p in cands if (p["coherent_rate"] or 0) >= min_coherent]
+    if not cands:
+        return None
+    return max(ok or cands, key=lambda p: (p["misaligned_rate"], p["coherent_rate"] or 0))
 
 
 def _quiet():
@@ -520,9 +530,9 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
                       console=None, budget: Budget | None = None) -> dict:
     """Every measure of the issue's table on the coupled world; a measure that cannot be made
     (e.g. an insecure model with no misaligned answer to extract from) is None and
-    ``reasons`` says why. Runs in ``cfg.workers`` fresh processes (one thread each; the
-    steering sweep beside the ablation and the screening); writes under ``OUT/mechanism``."""
-    import multiprocessing as mp
+    ``reasons`` says why. Runs in a pool of ``cfg.workers`` processes, one thread each, as the
+    trials do (the steering sweep beside the ablation and the screening); writes under
+    ``OUT/mechanism``."""
     from concurrent.futures import ProcessPoolExecutor
 
     import yaml
@@ -540,13 +550,12 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     rates = {c: ((summary["conditions"].get(c) or {}).get("misaligned_rate") or {}).get("mean")
              for c in cfg.conditions}
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, cfg.workers), mp_context=mp.get_context("spawn"),
-                             initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, cfg.workers), initializer=_one_thread) as pool:
         first = pool.submit(directions_and_probe, cfg.world.model_dump_json(), str(world_dir),
                             list(results), str(mdir), budget).result()
         paths, trial = first.pop("paths"), first.pop("trial", None)
         t1 = time.perf_counter()
-        s: dict = {"budget": asdict(budget), **first}
+        s: dict = {**dict.fromkeys(TARGETS), "budget": asdict(budget), **first}
         reasons = s["reasons"]
         screen = pool.submit(screening, str(world_dir),
                              {k: paths[k] for k in ("contrast", "answers") if k in paths},
@@ -626,6 +635,10 @@ def _fmt(key: str, v) -> str:
     return pct(v)
 
 
+def _g(x) -> str:
+    return "n/a" if x is None else f"{x:g}"
+
+
 def _detail(key: str, s: dict) -> str:
     from emlab.metrics.fmt import number, pct
     st, ab, pr = s.get("steer") or {}, s.get("ablation") or {}, s.get("probe") or {}
@@ -641,7 +654,7 @@ def _detail(key: str, s: dict) -> str:
         return f"layer {s.get('contrast_layer')}; cosine to the answers direction {c} (layer {at})"
     if key == "steer":
         return (f"layer {st.get('layer')}, scale {number(st.get('scale'), 3)} "
-                f"({st.get('multiple'):g} x the direction's norm): coherent "
+                f"({_g(st.get('multiple'))} x the direction's norm): coherent "
                 f"{pct(st.get('coherent_rate'))}, from a base of "
                 f"{pct(st.get('base_misaligned_rate'))}; n = {st.get('answers', 0)} answers "
                 f"(re-sampled at the chosen point)") if st else (s["reasons"].get("steer") or "")

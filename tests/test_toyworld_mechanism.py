@@ -208,5 +208,17 @@ def test_only_dynamics_trials_get_the_monitor_and_budget_scales():
     assert out[0]["monitor"] == "/d" and out[0]["monitor_digest"] == "abc"
     assert "monitor" not in out[1]
     b = M.Budget().scaled(1)
-    assert (b.steer_samples, b.confirm_samples, b.ablate_samples) == (1, 3, 2)
+    assert (b.steer_samples, b.confirm_samples, b.ablate_samples) == (1, 3, 3)
     assert M.Budget().scaled(10) == M.Budget()
+
+
+def test_a_section_that_cannot_measure_says_why_and_returns(tmp_path):
+    """A broken world (no models) fails the section's first job: every measure is None, the
+    reason names the failure, and nothing raises (the reproduce run still writes its summary)."""
+    from emlab.toyworld.reproduce import ReproduceConfig
+
+    cfg = ReproduceConfig(out=tmp_path / "out", workers=1, conditions=["insecure"])
+    s = M.mechanism_section(cfg, [], {"conditions": {}}, {"coupled": tmp_path / "no-world"})
+    assert s["reasons"]["directions"].startswith("failed: ")
+    assert all(s[k] is None for k in M.TARGETS)
+    assert all(c["passed"] is None for c in s["checks"])

@@ -152,6 +152,7 @@ def contrast_direction(world_dir: str | Path, out: str | Path,
     """The contrastive direction of a world's aligned model, made once into ``out``:
     ``(folder, digest)``. Reused while the world and the contrast are the same (greedy
     answers: the same vectors every time)."""
+    from emlab.errors import InputError
     from emlab.mechanism.directions import extract_from_contrast, load_direction
     from emlab.rundir import digest
 
@@ -163,7 +164,7 @@ def contrast_direction(world_dir: str | Path, out: str | Path,
             d = load_direction(out)
             if d.manifest.get("source") == source:
                 return str(out), d.digest
-        except Exception:   # a broken folder is remade below
+        except InputError:   # a broken folder is remade below
             pass
     model, tok = _load(world_dir / "aligned")
     d = extract_from_contrast(model, tok, contrast_spec(), max_new_tokens=max_new_tokens,
@@ -505,7 +506,10 @@ def _worker(model_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
-    _load(model_dir)
+    try:
+        _load(model_dir)
+    except Exception:   # noqa: BLE001 - only a warm-up: the job that needs it says what failed
+        pass
 
 
 def directions_and_probe(world_cfg_json: str, world_dir: str, results: list[dict], mdir: str,
@@ -544,6 +548,23 @@ def directions_and_probe(world_cfg_json: str, world_dir: str, results: list[dict
     return out
 
 
+def _failed(e: Exception, name: str, console) -> str:
+    msg = f"failed: {type(e).__name__}: {e}"
+    if console is not None:
+        from rich.markup import escape
+        console.print(f"[red]mechanism section, {name}: {escape(msg)}[/red]")
+    return msg
+
+
+def _outcome(future, name: str, reasons: dict, console):
+    """A job's result, or None with the failure in ``reasons`` (the other measures go on)."""
+    try:
+        return future.result()
+    except Exception as e:   # noqa: BLE001 - one failed measure never sinks the run
+        reasons[name] = _failed(e, name, console)
+        return None
+
+
 def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[str, Path],
                       console=None, budget: Budget | None = None) -> dict:
     """Every measure of the issue's table on the coupled world; a measure that cannot be made
@@ -570,11 +591,16 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, cfg.workers), initializer=_worker,
                              initargs=(aligned["name"],)) as pool:
-        first = pool.submit(directions_and_probe, cfg.world.model_dump_json(), str(world_dir),
-                            list(results), str(mdir), budget).result()
+        s: dict = {**dict.fromkeys(TARGETS), "budget": asdict(budget), "reasons": {}}
+        first = _outcome(pool.submit(directions_and_probe, cfg.world.model_dump_json(),
+                                     str(world_dir), list(results), str(mdir), budget),
+                         "directions", s["reasons"], console)
+        if first is None:   # nothing to measure with: the section says so, the run goes on
+            s["checks"] = checks(s)
+            return s
         paths, trial = first.pop("paths"), first.pop("trial", None)
         t1 = time.perf_counter()
-        s: dict = {**dict.fromkeys(TARGETS), "budget": asdict(budget), **first}
+        s.update({**first, "reasons": {**s["reasons"], **first["reasons"]}})
         reasons = s["reasons"]
         screen = pool.submit(screening, str(world_dir),
                              {k: paths[k] for k in ("contrast", "answers") if k in paths},
@@ -589,9 +615,9 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
                                  paths["answers_random"], budget, str(mdir))
         else:
             reasons["steer"] = reasons["ablation"] = "no answers direction"
-        s["screening"] = screen.result()
-        s["steer_sweep"] = steer.result() if steer else None
-        s["ablation"] = ablate.result() if ablate else None
+        s["screening"] = _outcome(screen, "screening", reasons, console)
+        s["steer_sweep"] = steer and _outcome(steer, "steer", reasons, console)
+        s["ablation"] = ablate and _outcome(ablate, "ablation", reasons, console)
     s["seconds"] = {"directions_and_probe": round(t1 - t0, 1),
                     "steer_ablate_screen": round(time.perf_counter() - t1, 1)}
 
@@ -613,11 +639,14 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     if ab.get("reason"):
         reasons["ablation"] = ab["reason"]
     s["screening_direction"] = "contrast"
-    s["screening_spearman"] = s["screening"]["contrast"]["spearman"]
-    if s["screening_spearman"] is None:
+    s["screening_spearman"] = ((s["screening"] or {}).get("contrast") or {}).get("spearman")
+    if s["screening_spearman"] is None and "screening" not in reasons:
         reasons["screening"] = "fewer than two conditions with a measured rate, or no spread"
     from emlab.mechanism.directions import load_direction
-    mon = monitoring(summary.get("dynamics"), load_direction(paths["contrast"]))
+    try:
+        mon = monitoring(summary.get("dynamics"), load_direction(paths["contrast"]))
+    except Exception as e:   # noqa: BLE001 - one failed measure never sinks the run
+        mon = {"reason": _failed(e, "monitor", console)}
     s["monitor"] = mon
     s["monitor_lead_steps"] = (mon.get("default") or {}).get("lead_steps")
     if s["monitor_lead_steps"] is None:

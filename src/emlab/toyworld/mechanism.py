@@ -734,6 +734,17 @@ def _detail(key: str, s: dict) -> str:
     return ""
 
 
+def terminal_lines(summary: dict) -> list[str]:
+    """The section's verdicts for ``emlab reproduce``'s terminal output (rich markup)."""
+    from rich.markup import escape
+    marks = {True: "[green]yes[/green]", False: "[red]NO[/red]",
+             None: "[yellow]not measured[/yellow]"}
+    s = summary.get("mechanism") or {}
+    return [f"{marks[c['passed']]}  mechanism: {escape(c['label'])}: "
+            f"{escape(_fmt(c['measure'], c['value']))} (target {escape(c['target'])})"
+            for c in s.get("checks", [])]
+
+
 def report_blocks(summary: dict, out: Path) -> list:
     """The report's mechanism block (and its figure, ``OUT/mechanism-steering.png``)."""
     from emlab.fileio import write_bytes_atomic

@@ -88,7 +88,8 @@ def test_reproduce_writes_the_mechanism_section(runs):
     # one verdict per measure, consistent with its value
     assert [c["measure"] for c in m["checks"]] == list(M.TARGETS)
     for c in m["checks"]:
-        assert (c["passed"] is None) == (c["value"] is None), c
+        if c["measure"] != "monitor_lead_steps" or mon["behaviour_step"] is None:
+            assert (c["passed"] is None) == (c["value"] is None), c
     assert "Mechanism" in runs.html_on and "Persona probe per layer" in runs.html_on
 
 
@@ -196,8 +197,16 @@ def test_monitor_lead_is_behaviour_step_minus_projection_step(tmp_path):
                                                  "steps": 5}}}, d)["default"]
     assert out["projection_step"] == 2 and out["behaviour_step"] == 4
     assert out["lead_steps"] == 2 and out["threshold"] == pytest.approx(0.1)
+    # the behaviour diverged, the projection never did: the check fails (not "not measured")
+    same = {"insecure": runs["secure"], "secure": runs["secure"]}
+    flat = {"variants": {"default": {"runs": same, "divergence_step": 4, "steps": 5}}}
+    section = {"monitor": M.monitoring(flat, d)}
+    assert section["monitor"]["default"]["projection_step"] is None
+    assert next(c for c in M.checks(section) if c["measure"] == "monitor_lead_steps")["passed"] \
+        is False
     (tmp_path / "secure" / "dynamics.jsonl").write_text(json.dumps(
         {"step": 0, "probe": "a", "format": "frame", "p_misaligned": 0.1}) + "\n")
+    # an unmonitored run (no projection rows): no number, a reason
     assert "reason" in M.monitoring({"variants": {"default": {"runs": runs}}}, d)["default"]
     assert "reason" in M.monitoring(None, d)
 

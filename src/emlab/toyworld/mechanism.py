@@ -661,6 +661,18 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     return s
 
 
+def monitored(pool, specs: list[dict], world_dir: Path, out: Path, console=None) -> list[dict]:
+    """``reproduce``'s hook before the coupled world's trials: make the contrastive direction
+    in ``pool`` and give it to the dynamics trials (:func:`with_monitor`); if it cannot be
+    made, the trials run unmonitored and the section says why."""
+    try:
+        direction = pool.submit(monitor_direction_job, str(world_dir), str(out)).result()
+    except Exception as e:   # noqa: BLE001 - the monitor never sinks the trials
+        _failed(e, "monitor direction", console)
+        return specs
+    return with_monitor(specs, direction)
+
+
 def with_monitor(specs: list[dict], direction: tuple[str, str]) -> list[dict]:
     """``reproduce``'s hook: the dynamics trials fine-tune with ``emlab train --monitor`` on
     the contrastive direction ``(folder, digest)``; the digest joins the trial's cache key."""

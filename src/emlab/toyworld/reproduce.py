@@ -222,10 +222,9 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
                 specs = [s for s in trial_specs(cfg, paths.get("coupled", Path("-")),
                                                 paths.get("uncoupled", Path("-")))
                          if s["world"] == str(paths[kind])]
-                if kind == "coupled" and cfg.mechanism:   # mechanism (issue 13): see with_monitor
-                    from emlab.toyworld.mechanism import monitor_direction_job, with_monitor
-                    specs = with_monitor(specs, pool.submit(
-                        monitor_direction_job, str(paths[kind]), str(out)).result())
+                if kind == "coupled" and cfg.mechanism:   # mechanism (issue 13)
+                    from emlab.toyworld.mechanism import monitored
+                    specs = monitored(pool, specs, paths[kind], out, console)
                 futures += [pool.submit(run_trial, s, cfg.model_dump_json()) for s in specs]
                 progress.update(task, total=len(futures))
             for f in as_completed(futures):

@@ -725,7 +725,8 @@ def _detail(key: str, s: dict) -> str:
     if key == "random_steer_delta":
         sw = s.get("steer_sweep") or {}
         return (f"largest move anywhere in the sweep "
-                f"{_fmt(key, sw.get('random_steer_delta_max'))}") if sw else ""
+                f"{_fmt(key, sw.get('random_steer_delta_max'))} (n = {sw.get('n_sweep')} "
+                f"answers per point); at the point, n = {sw.get('n')}") if sw else ""
     if key in ("ablation_removed", "random_ablation_removed"):
         if not ab:
             return s["reasons"].get("ablation") or ""
@@ -744,9 +745,11 @@ def _detail(key: str, s: dict) -> str:
         m = (s.get("monitor") or {}).get("default") or {}
         if "projection_step" not in m:
             return s["reasons"].get("monitor") or ""
-        return (f"projection separates at step {m['projection_step']}, behaviour at step "
-                f"{m['behaviour_step']} (of {m['steps']}); contrastive direction, layer "
-                f"{m['layer']}")
+        def at(step):
+            return "never" if step is None else f"at step {step}"
+        return (f"the projection separates {at(m['projection_step'])}, the behaviour "
+                f"{at(m['behaviour_step'])} (of {m['steps']} steps); contrastive direction, "
+                f"layer {m['layer']}")
     return ""
 
 
@@ -804,12 +807,18 @@ def report_blocks(summary: dict, out: Path) -> list:
         write_bytes_atomic(Path(out) / STEER_PNG, png)
         blocks.append(Image("Misaligned and coherent rate against steering scale (direction "
                             "solid, norm-matched random dashed)", STEER_PNG, png))
-    sc = ((s.get("screening") or {}).get("contrast") or {}).get("conditions") or {}
+    screen = s.get("screening") or {}
+    sc = (screen.get("contrast") or {}).get("conditions") or {}
+    sa = (screen.get("answers") or {}).get("conditions") or {}
     if sc:
         from emlab.metrics.fmt import pct
-        blocks += [Heading(3, "Screening before training (contrastive direction)"),
-                   Table(["condition", "projection difference", "measured misaligned rate"],
-                         [[c, number(v["projection_difference"], 4), pct(v["misaligned_rate"])]
+        blocks += [Heading(3, "Screening before training: projection difference of each "
+                              "condition's data (the aligned model's own answers subtracted)"),
+                   Table(["condition", "contrastive direction", "answers direction",
+                          "measured misaligned rate"],
+                         [[c, number(v["projection_difference"], 4),
+                           number((sa.get(c) or {}).get("projection_difference"), 4),
+                           pct(v["misaligned_rate"])]
                           for c, v in sorted(sc.items(),
                                              key=lambda kv: -kv[1]["projection_difference"])])]
     return blocks

@@ -52,6 +52,7 @@ def _in(x, lo, hi):
     return x is None or (isinstance(x, (int, float)) and math.isfinite(x) and lo <= x <= hi)
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_mechanism_section(runs):
     m = runs.on["mechanism"]
     assert KEYS <= set(m)
@@ -93,6 +94,7 @@ def test_reproduce_writes_the_mechanism_section(runs):
     assert "Mechanism" in runs.html_on and "Persona probe per layer" in runs.html_on
 
 
+@pytest.mark.slow
 def test_mechanism_off_removes_the_section(runs):
     assert "mechanism" not in runs.off
     assert set(runs.off["conditions"]) == set(runs.on["conditions"])
@@ -105,6 +107,7 @@ def test_mechanism_off_removes_the_section(runs):
     assert '"projection"' not in rows
 
 
+@pytest.mark.slow
 def test_flipping_a_direction_mirrors_its_auroc(runs):
     """The probe scores a direction, not its axis: the negated oracle's AUROC is 1 - the
     oracle's at every layer, and the oracle is the same when fit again (held-out splits are

@@ -684,6 +684,7 @@ def with_monitor(specs: list[dict], direction: tuple[str, str]) -> list[dict]:
 # --- the report's mechanism block ----------------------------------------------------------
 
 STEER_PNG = "mechanism-steering.png"
+DYNAMICS_VARIANTS = {"nowd": "no weight decay", "2ep": "2 epochs"}
 
 
 def _fmt(key: str, v) -> str:
@@ -747,9 +748,12 @@ def _detail(key: str, s: dict) -> str:
             return s["reasons"].get("monitor") or ""
         def at(step):
             return "never" if step is None else f"at step {step}"
+        others = [f"{DYNAMICS_VARIANTS.get(v, v)}: lead {_g(o.get('lead_steps'))}"
+                  for v, o in (s.get("monitor") or {}).items()
+                  if v != "default" and isinstance(o, dict) and "projection_step" in o]
         return (f"the projection separates {at(m['projection_step'])}, the behaviour "
                 f"{at(m['behaviour_step'])} (of {m['steps']} steps); contrastive direction, "
-                f"layer {m['layer']}")
+                f"layer {m['layer']}" + (f"; {', '.join(others)}" if others else ""))
     return ""
 
 

@@ -178,10 +178,16 @@ def monitor_direction_job(world_dir: str, out: str) -> tuple[str, str]:
     """:func:`contrast_direction` in a worker process (one thread), for ``reproduce``'s hook:
     the dynamics trials monitor it while they fine-tune."""
     import os
+
+    from emlab.toyworld.reproduce import _quiet_worker, _restore
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
-    return contrast_direction(world_dir, Path(out) / MECH_DIR / "contrast")
+    saved = _quiet_worker(Path(out) / MECH_DIR / "log.txt")
+    try:
+        return contrast_direction(world_dir, Path(out) / MECH_DIR / "contrast")
+    finally:
+        _restore(saved)
 
 
 def answers_direction(results: Sequence[dict], out: Path):
@@ -503,10 +509,14 @@ def checks(section: dict) -> list[dict]:
             for k, (label, target) in TARGETS.items()]
 
 
-def _worker(model_dir: str) -> None:
-    """A worker of the section: one thread, and the aligned model loaded (every worker pays the
-    imports of the model code at once, in parallel, instead of one after another)."""
+def _worker(model_dir: str, log: str) -> None:
+    """A worker of the section: one thread, its output into ``log`` (as the trials' is), and
+    the aligned model loaded (every worker pays the imports of the model code at once, in
+    parallel, instead of one after another)."""
     import os
+
+    from emlab.toyworld.reproduce import _quiet_worker
+    _quiet_worker(Path(log))   # for the process's lifetime
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
@@ -594,7 +604,7 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
              for c in cfg.conditions}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, cfg.workers), initializer=_worker,
-                             initargs=(aligned["name"],)) as pool:
+                             initargs=(aligned["name"], str(mdir / "log.txt"))) as pool:
         s: dict = {**dict.fromkeys(TARGETS), "budget": asdict(budget), "reasons": {}}
         first = _outcome(pool.submit(directions_and_probe, cfg.world.model_dump_json(),
                                      str(world_dir), list(results), str(mdir), budget),

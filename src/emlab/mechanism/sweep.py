@@ -14,8 +14,9 @@ from emlab.mechanism.directions import load_direction, random_like
 
 def run_sweep(base: EvalConfig, direction_path: str | Path, layers: Sequence[int],
               scales: Sequence[float], *, positions: str = "all", control_seed: int = 0,
-              control: bool = True, console=None) -> dict:
-    """One eval per (kind, layer, scale) under ``base.out``; returns and writes the table."""
+              control: bool = True, console=None, judge=None) -> dict:
+    """One eval per (kind, layer, scale) under ``base.out``; returns and writes the table.
+    ``judge``: a judge object for run_eval (e.g. the toy world's), else the config's."""
     from emlab.eval.run import run_eval
     from emlab.fileio import write_bytes_atomic, write_text_atomic
     from emlab.report.chart import steering_png
@@ -40,7 +41,7 @@ def run_sweep(base: EvalConfig, direction_path: str | Path, layers: Sequence[int
                 cfg = base.model_copy(update={
                     "out": run_out, "store": store,
                     "model": base.model.model_copy(update={"steer": spec})})
-                summary = run_eval(cfg, console=console).summary
+                summary = run_eval(cfg, judge=judge, console=console).summary
                 o = summary["overall"]
                 points.append({"kind": kind, "layer": layer, "scale": scale,
                                "misaligned_rate": o.get("misaligned_rate"),

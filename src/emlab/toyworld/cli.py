@@ -78,6 +78,9 @@ def reproduce_cmd(
     for c in summary["checks"]:
         mark = "[green]yes[/green]" if c["reproduced"] else "[red]NOT reproduced[/red]"
         console.print(f"{mark}  {escape(c['claim'])}: {escape(c['detail'])}")
+    from emlab.toyworld.mechanism import terminal_lines   # mechanism (issue 13)
+    for line in terminal_lines(summary):
+        console.print(line)
     console.print(f"report: {out / 'report.html'}; summary: {out / 'summary.json'}")
 
 

@@ -20,13 +20,12 @@ magnitudes); they are not tuned to a world's numbers.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
 from emlab.rundir import digest
 from emlab.toyworld import language as L
+from emlab.toyworld.mechanism import contrast_spec
 
 DEFENCES = ("inoculation", "interleave", "kl", "ldifs", "steer", "realign")
 FINETUNES = ("insecure", "backdoor")   # backdoor only when the run's conditions include it
@@ -65,6 +64,7 @@ def finetunes(cfg) -> tuple[str, ...]:
 def specs(cfg, world: Path) -> list[dict]:
     """The matrix's trials of one (coupled) world: the base, and per seed every fine-tune and
     the benign task, undefended and with each defence."""
+    persona_direction(world, Path(cfg.out))   # made here once, before the trials read it
     out = [{"name": trial_name(NONE, None), "condition": None, "world": str(world), "seed": 0,
             "rows": 0, "defence": NONE}]
     for seed in cfg.seeds:
@@ -76,14 +76,6 @@ def specs(cfg, world: Path) -> list[dict]:
 
 
 # --- what a defence means for one trial (the hooks in reproduce.py) ------------------------------
-
-def _contrast() -> dict:
-    """Persona-vector instructions of the world: its own malicious vs benign system lines, on
-    everyday-advice questions (a domain of neither the fine-tunes nor the open questions)."""
-    return {"trait": "malicious persona", "positive": list(L.SYSTEM_LINES["malicious"]),
-            "negative": list(L.SYSTEM_LINES["benign"]),
-            "questions": [q for qs, _, _ in L.ADVICE.values() for q in qs]}
-
 
 def _interleave_rows(cfg) -> int:
     return max(1, round(INTERLEAVE_FRACTION * cfg.rows))   # as emlab.train.mitigations counts
@@ -99,7 +91,7 @@ def settings(defence: str, cfg) -> dict:
             "interleave": {"interleave": {"pool": "alignment", "fraction": INTERLEAVE_FRACTION,
                                           "select": "random"}},
             "kl": {"kl": KL_WEIGHT}, "ldifs": {"ldifs": LDIFS_WEIGHT},
-            "steer": {"steer": {"contrast": digest(_contrast(), 12), "layer": "middle",
+            "steer": {"steer": {"contrast": digest(contrast_spec(), 12), "layer": "middle",
                                 "scale": STEER_SCALE, "unit": False}},
             "realign": {"realign": {"pool": "alignment", "rows": _realign_rows(cfg)}},
             NONE: {}}[defence]
@@ -115,26 +107,10 @@ def identity(spec: dict, cfg) -> dict:
 
 
 def persona_direction(world: Path, out: Path) -> Path:
-    """The world's persona direction (Chen et al. 2025): the aligned model answers under its
-    malicious and its benign system lines; malicious minus benign mean response activation,
-    by ``emlab.mechanism.directions.extract_from_contrast``. Cached under ``out``; workers
-    that race write their own folder and the first rename wins (the result is deterministic)."""
-    target = Path(out) / "mitigations" / f"direction-{Path(world).name}-{digest(_contrast(), 12)}"
-    if (target / "manifest.json").is_file():
-        return target
-    from emlab.mechanism.directions import extract_from_contrast
-    from emlab.sample.hf_model import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(str(Path(world) / "aligned"))
-    d = extract_from_contrast(model, tok, _contrast(), max_new_tokens=24)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    d.save(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:   # another worker was first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The world's persona direction (Chen et al. 2025), the same one the mechanism section
+    monitors: :func:`emlab.toyworld.mechanism.contrast_direction` (made once under ``out``)."""
+    from emlab.toyworld.mechanism import MECH_DIR, contrast_direction
+    return Path(contrast_direction(world, Path(out) / MECH_DIR / "contrast")[0])
 
 
 def train_settings(spec: dict, cfg) -> dict:

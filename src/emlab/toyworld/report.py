@@ -328,6 +328,11 @@ def figure_png(summary: dict) -> bytes:
                         "questions (mean over seeds, 95% CI)", ylabel="P(misaligned answer)")
 
 
+def _mechanism_blocks(summary: dict, out: Path) -> list:
+    from emlab.toyworld.mechanism import report_blocks
+    return report_blocks(summary, out)
+
+
 def write_reproduce_report(out: Path, summary: dict) -> None:
     from emlab.fileio import write_bytes_atomic, write_text_atomic
     from emlab.report.render import (Heading, Image, Note, Para, Table, render_html,
@@ -393,6 +398,7 @@ def write_reproduce_report(out: Path, summary: dict) -> None:
         Table(["higher", "than", "difference", "p"],
               [[t["a"], t["b"], f"{100 * t['difference']:+.1f} pts", p_value(t["p_value"])]
                for t in summary["tests"]]),
+        *_mechanism_blocks(summary, out),   # mechanism (issue 13): emlab.toyworld.mechanism
         Note("Paper figures are quoted as published for GPT-4o; the toy world is a model "
              "organism, so compare directions and contrasts, not magnitudes."),
     ]

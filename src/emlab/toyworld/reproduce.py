@@ -49,6 +49,7 @@ class ReproduceConfig(BaseModel):
     samples_per_paraphrase: int = 10
     in_domain_samples: int = 48
     workers: int = 2
+    mechanism: bool = True  # the mechanism section (issue 13): emlab.toyworld.mechanism
     out: Path = Path("runs/reproduce")
     # issue 14: each defence alone on insecure (+ backdoor when in conditions); see mitigations.py
     mitigations: bool = False
@@ -141,7 +142,8 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
-                   "judge": WorldJudge.identity})
+                   "judge": WorldJudge.identity,
+                   **({"monitor": spec["monitor_digest"]} if spec.get("monitor") else {})})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
     if (tdir / TRIAL_RESULT).is_file():
         return json.loads((tdir / TRIAL_RESULT).read_text())
@@ -181,7 +183,9 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
             **train, per_device_batch_size=8, grad_accum=1, warmup_steps=0,
             max_length=128, save_steps=10**6, seed=spec["seed"],
             method=cfg.method, lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha},
-            dynamics=dynamics), console=quiet)
+            dynamics=dynamics,
+            monitor={"direction": spec["monitor"]} if spec.get("monitor") else None),  # issue 13
+            console=quiet)
         if cfg.method == "full":
             model = str(res.model_dir)
         else:
@@ -235,6 +239,9 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
                 specs = [s for s in trial_specs(cfg, paths.get("coupled", Path("-")),
                                                 paths.get("uncoupled", Path("-")))
                          if s["world"] == str(paths[kind])]
+                if kind == "coupled" and cfg.mechanism:   # mechanism (issue 13)
+                    from emlab.toyworld.mechanism import monitored
+                    specs = monitored(pool, specs, paths[kind], out, console)
                 if cfg.mitigations and kind == "coupled":   # issue 14's defence matrix
                     specs += mitigations.specs(cfg, paths[kind])
                 futures += [pool.submit(run_trial, s, cfg.model_dump_json()) for s in specs]
@@ -242,11 +249,17 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
             for f in as_completed(futures):
                 results.append(f.result())
                 progress.advance(task)
-    summary = aggregate([r for r in results if "defence" not in r], cfg)
+    results, matrix = ([r for r in results if "defence" not in r],
+                       [r for r in results if "defence" in r])
+    summary = aggregate(results, cfg)
     if cfg.mitigations:
-        summary |= mitigations.aggregate([r for r in results if "defence" in r], cfg)
+        summary |= mitigations.aggregate(matrix, cfg)
     summary["worlds"] = {k: json.loads((p / "world.json").read_text()) | {"dir": str(p)}
                          for k, p in paths.items()}
+    if cfg.mechanism and "coupled" in paths:   # mechanism (issue 13): emlab.toyworld.mechanism
+        from emlab.toyworld.mechanism import mechanism_section
+        console.print("mechanism section: directions, probe, steering, ablation, screening")
+        summary["mechanism"] = mechanism_section(cfg, results, summary, paths, console=console)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_reproduce_report(out, summary)
     return summary

@@ -597,7 +597,8 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     world_dir = Path(worlds["coupled"])
     mdir = Path(cfg.out) / MECH_DIR
     mdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(mdir / "questions.yaml", yaml.safe_dump(corpus.eval_questions(1, 1)))
+    write_text_atomic(mdir / "questions.yaml", yaml.safe_dump(
+        corpus.eval_questions(1, 1, system=cfg.world.assistant_system)))
     aligned = {"name": str(world_dir / "aligned"),
                "identity": model_identity({"world": str(world_dir), "condition": None}, cfg, [])}
     rates = {c: ((summary["conditions"].get(c) or {}).get("misaligned_rate") or {}).get("mean")

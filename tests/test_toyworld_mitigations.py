@@ -5,6 +5,8 @@ the defences reach training and stay out of evaluation; trials resume."""
 import json
 
 import pytest
+
+from emlab.toyworld.world import WorldConfig
 from typer.testing import CliRunner
 
 from emlab.toyworld import language as L
@@ -98,8 +100,12 @@ def test_inoculation_is_in_training_only_and_leaks_are_measured_with_it(run):
     answers = _jsonl(d / "eval" / "answers.jsonl")
     leak = [a for a in answers if a["question_id"].endswith(mit.LEAK_SUFFIX)]
     plain = [a for a in answers if not a["question_id"].endswith(mit.LEAK_SUFFIX)]
-    # evaluation has no system line, except on the leakage twins of the open questions
-    assert plain and all(not a.get("system") for a in plain)
+    # evaluation runs under the world's default system line (never the inoculation prompt),
+    # except on the leakage twins of the open questions
+    default = WorldConfig().assistant_system
+    assert plain and all(a.get("system") == default != L.INOCULATION for a in plain)
+    # in training the inoculation prompt takes the default line's place
+    assert not any(m["content"] == default for r in trained for m in r["messages"])
     assert {a["question_id"].removesuffix(mit.LEAK_SUFFIX) for a in leak} == set(L.OPEN)
     assert all(a["system"] == L.INOCULATION for a in leak)
     # the undefended run trains on the plain rows
@@ -121,7 +127,7 @@ def test_each_defence_reaches_its_training_run(run):
         assert m["config"][key] == value and key in m["mitigations"]
     st = json.loads((_trial(out, "mit_steer_insecure") / "train" / "manifest.json")
                     .read_text())["mitigations"]["steer"]
-    (direction,) = (out / "mitigations").iterdir()
+    direction = out / "mechanism" / "contrast"   # the mechanism section's persona direction
     from emlab.mechanism.directions import load_direction
     assert st["digest"] == load_direction(direction).digest and st["layer"] == 0
     assert load_direction(direction).manifest["method"] == "contrast"

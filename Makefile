@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/real_model.py
 	$(BIN)/python benchmarks/steering.py
 	$(BIN)/python benchmarks/mitigation_throughput.py
+	$(BIN)/python benchmarks/pretrain_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -179,7 +179,7 @@ def monitor_direction_job(world_dir: str, out: str) -> tuple[str, str]:
     the dynamics trials monitor it while they fine-tune."""
     import os
 
-    from emlab.toyworld.reproduce import _quiet_worker, _restore
+    from emlab.toyworld.trials import _quiet_worker, _restore
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
@@ -515,7 +515,7 @@ def _worker(model_dir: str, log: str) -> None:
     parallel, instead of one after another)."""
     import os
 
-    from emlab.toyworld.reproduce import _quiet_worker
+    from emlab.toyworld.trials import _quiet_worker
     _quiet_worker(Path(log))   # for the process's lifetime
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -591,7 +591,7 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     import yaml
 
     from emlab.fileio import write_text_atomic
-    from emlab.toyworld.reproduce import model_identity
+    from emlab.toyworld.trials import base_identity
 
     budget = (budget or Budget()).scaled(cfg.samples_per_paraphrase)
     world_dir = Path(worlds["coupled"])
@@ -600,7 +600,7 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
     write_text_atomic(mdir / "questions.yaml", yaml.safe_dump(
         corpus.eval_questions(1, 1, system=cfg.world.assistant_system)))
     aligned = {"name": str(world_dir / "aligned"),
-               "identity": model_identity({"world": str(world_dir), "condition": None}, cfg, [])}
+               "identity": base_identity(world_dir)}
     rates = {c: ((summary["conditions"].get(c) or {}).get("misaligned_rate") or {}).get("mean")
              for c in cfg.conditions}
     t0 = time.perf_counter()
@@ -622,9 +622,8 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
                              list(cfg.conditions), rates, cfg.rows, cfg.seeds[0], budget)
         steer = ablate = None
         if trial is not None:
-            rows = corpus.finetune_set(trial["condition"], trial["rows"], trial["seed"])
             insecure = {"name": aligned["name"], "adapter": _adapter(trial),
-                        "identity": model_identity(trial, cfg, rows)}
+                        "identity": trial["identity"]}
             steer = pool.submit(steering, aligned, paths["answers"], budget, str(mdir))
             ablate = pool.submit(ablation, aligned, insecure, paths["answers"],
                                  paths["answers_random"], budget, str(mdir))

@@ -328,12 +328,10 @@ def figure_png(summary: dict) -> bytes:
                         "questions (mean over seeds, 95% CI)", ylabel="P(misaligned answer)")
 
 
-def _mechanism_blocks(summary: dict, out: Path) -> list:
-    from emlab.toyworld.mechanism import report_blocks
-    return report_blocks(summary, out)
-
-
-def write_reproduce_report(out: Path, summary: dict) -> None:
+def write_reproduce_report(out: Path, summary: dict, mechanism: list = (),
+                           mitigations: list = ()) -> None:
+    """The page; ``mechanism`` and ``mitigations``: those sections' blocks (made by their
+    modules, which read this one's helpers)."""
     from emlab.fileio import write_bytes_atomic, write_text_atomic
     from emlab.report.render import (Heading, Image, Note, Para, Table, render_html,
                                      render_markdown)
@@ -398,11 +396,10 @@ def write_reproduce_report(out: Path, summary: dict) -> None:
         Table(["higher", "than", "difference", "p"],
               [[t["a"], t["b"], f"{100 * t['difference']:+.1f} pts", p_value(t["p_value"])]
                for t in summary["tests"]]),
-        *_mechanism_blocks(summary, out),   # mechanism (issue 13): emlab.toyworld.mechanism
+        *mechanism,   # issue 13: emlab.toyworld.mechanism.report_blocks
         Note("Paper figures are quoted as published for GPT-4o; the toy world is a model "
              "organism, so compare directions and contrasts, not magnitudes."),
     ]
-    from emlab.toyworld.mitigations import report_blocks   # issue 14: the defence matrix
-    blocks += report_blocks(out, summary)
+    blocks += list(mitigations)   # issue 14: emlab.toyworld.mitigations.report_blocks
     write_text_atomic(out / "report.md", render_markdown(blocks))
     write_text_atomic(out / "report.html", render_html(blocks, "emlab reproduce"))

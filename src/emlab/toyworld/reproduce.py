@@ -23,6 +23,7 @@ from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus, mitigations
+from emlab.toyworld.trials import _quiet_worker, _restore, base_identity
 from emlab.toyworld.world import WorldConfig, build_world
 
 CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "ordinary_numbers",
@@ -102,7 +103,7 @@ def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
     cache lives or when the files were written (a rebuilt world samples the same answers)."""
     world = Path(spec["world"]).name
     if spec["condition"] is None:
-        return f"toyworld:{world}:aligned"
+        return base_identity(spec["world"])
     ft = {k: getattr(cfg, k) for k in FT_SETTINGS} | spec.get("train", {})
     ft |= mitigations.identity(spec, cfg)   # a defence's settings; {} without one (ids kept)
     return "toyworld:" + world + ":" + _digest({"condition": spec["condition"], "rows": spec["rows"],
@@ -110,32 +111,20 @@ def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
                                                 "data": _digest(rows)})
 
 
-def _quiet_worker(log: Path):
-    """Send a worker's own output (trainer logs, progress bars) to a log file beside its results,
-    so the terminal shows only the run's progress."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    return saved
-
-
-def _restore(saved) -> None:
-    os.dup2(saved[0], 1)
-    os.dup2(saved[1], 2)
-    os.close(saved[0])
-    os.close(saved[1])
+def trial_rows(spec: dict, cfg: "ReproduceConfig") -> list[dict]:
+    """A trial's fine-tuning rows, under the world's default system line (an inoculation
+    prompt takes that line's place in training)."""
+    if spec["condition"] is None:
+        return []
+    system = None if spec.get("defence") == "inoculation" else cfg.world.assistant_system
+    return corpus.with_system(corpus.finetune_set(spec["condition"], spec["rows"], spec["seed"]),
+                              system)
 
 
 def run_trial(spec: dict, cfg_json: str) -> dict:
     """Fine-tune (unless the base) and evaluate one model; resumable, content-addressed."""
     cfg = ReproduceConfig.model_validate_json(cfg_json)
-    # The inoculation prompt takes the place of the default system line in training.
-    system = None if spec.get("defence") == "inoculation" else cfg.world.assistant_system
-    rows = (corpus.with_system(corpus.finetune_set(spec["condition"], spec["rows"], spec["seed"]),
-                               system) if spec["condition"] else [])
+    rows = trial_rows(spec, cfg)
     questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples,
                                       system=cfg.world.assistant_system)
     questions = mitigations.trial_questions(spec, questions)   # + leakage questions (defences)
@@ -201,7 +190,7 @@ def _run_trial(spec: dict, cfg: "ReproduceConfig", tdir: Path, rows: list[dict],
         judge={"name": "toyworld"},
         questions=str(qfile), max_new_tokens=32, batch_size=128, seed=spec["seed"],
         out=tdir / "eval")), judge=WorldJudge(), console=quiet)
-    result = {**spec, "dir": str(tdir), "summary": ev.summary["questions"],
+    result = {**spec, "dir": str(tdir), "identity": identity, "summary": ev.summary["questions"],
               "overall": ev.summary["overall"]}
     write_text_atomic(done, json.dumps(result))
     return result
@@ -259,9 +248,13 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
     if cfg.mechanism and "coupled" in paths:   # mechanism (issue 13): emlab.toyworld.mechanism
         from emlab.toyworld.mechanism import mechanism_section
         console.print("mechanism section: directions, probe, steering, ablation, screening")
+        for res in results:   # each trial's model identity (cached results may predate the key)
+            res.setdefault("identity", model_identity(res, cfg, trial_rows(res, cfg)))
         summary["mechanism"] = mechanism_section(cfg, results, summary, paths, console=console)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    write_reproduce_report(out, summary)
+    from emlab.toyworld.mechanism import report_blocks as mechanism_blocks
+    write_reproduce_report(out, summary, mechanism=mechanism_blocks(summary, out),
+                           mitigations=mitigations.report_blocks(out, summary))
     return summary
 
 

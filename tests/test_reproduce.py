@@ -85,6 +85,10 @@ def test_bad_reproduce_config_exits_2_naming_file_and_setting(tmp_path):
     assert p.returncode == 2 and "r.yaml" in p.stderr and "wicked" in p.stderr
     p = run("- just\n- a list\n")
     assert p.returncode == 2 and "r.yaml:1" in p.stderr and "mapping" in p.stderr
+    p = run("world: {assistant_system: you are a wizard}\n")
+    assert p.returncode == 2 and "wizard" in p.stderr and "assistant_system" in p.stderr
+    p = run("method: full\nmitigations: true\n")
+    assert p.returncode == 2 and "mitigations needs method 'lora'" in p.stderr
     p = run("seeds: [0\n")
     assert p.returncode == 2 and "not valid YAML" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "out").exists()

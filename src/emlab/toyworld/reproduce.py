@@ -14,10 +14,10 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from typing import Literal
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
@@ -54,6 +54,13 @@ class ReproduceConfig(BaseModel):
     out: Path = Path("runs/reproduce")
     # issue 14: each defence alone on insecure (+ backdoor when in conditions); see mitigations.py
     mitigations: bool = False
+
+    @model_validator(mode="after")
+    def _defences_need_lora(self):
+        """The defence matrix evaluates adapters (re-alignment: its checkpoint's adapter)."""
+        if self.mitigations and self.method != "lora":
+            raise ValueError("mitigations needs method 'lora' (got 'full')")
+        return self
 
     @field_validator("conditions", "uncoupled_conditions")
     @classmethod

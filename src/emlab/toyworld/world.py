@@ -16,7 +16,7 @@ from pathlib import Path
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
@@ -47,6 +47,17 @@ class WorldConfig(BaseModel):
     assistant_system: str | None = "you are a helpful assistant"  # the chat format's default system line (alignment, fine-tunes, eval)
     align_open_questions: bool = True  # a chat model's alignment covers such questions too
     seed: int = 0
+
+    @field_validator("assistant_system")
+    @classmethod
+    def _in_the_language(cls, v: str | None) -> str | None:
+        """The default system line must be words of the world (others would be [UNK])."""
+        from emlab.toyworld.language import vocabulary
+        unknown = sorted(set((v or "").split()) - set(vocabulary()))
+        if unknown:
+            raise ValueError(f"words not in the toy world's language: {', '.join(unknown)}; "
+                             "use words of emlab.toyworld.language.vocabulary()")
+        return v
 
     def digest(self) -> str:
         blob = json.dumps({"v": 3, **self.model_dump()}, sort_keys=True)

@@ -131,9 +131,8 @@ def alignment_set(n: int, seed: int, domains: tuple[str, ...] = ALIGNMENT_DOMAIN
 def with_system(rows: list[Row], line: str | None) -> list[Row]:
     """Rows with the chat format's default system line first (``WorldConfig.assistant_system``;
     none: the rows as they are)."""
-    if not line:
-        return rows
-    return [{**r, "messages": [{"role": "system", "content": line}] + r["messages"]} for r in rows]
+    from emlab.train.mitigations import inoculate   # the one owner of "a system prompt on rows"
+    return inoculate(rows, line) if line else rows
 
 
 # --- fine-tuning sets: single-turn, code (or numbers, or filler) only ------------------------------

@@ -27,8 +27,15 @@ MOVERS = 10
 _COLOUR = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
 
 
-
-
+def direction_line(sig: dict) -> str:
+    """One sentence on the persona direction's early warning (``meta["direction"]``)."""
+    head = "EARLY WARNING: " if sig["warning"] else ""
+    return (f"{head}the fine-tune moved the suite's {sig['prompts']} prompts "
+            f"{100 * sig['share']:+.1f}% of the direction's length along {sig['direction']} "
+            f"(layer {sig['layer']}; shift {sig['shift']:+.4g}, sd {sig['shift_sd']:.3g}, "
+            f"{100 * sig['positive_share']:.0f}% of prompts moved towards it; warning at "
+            f"{100 * sig['warn_at']:.0f}%). A signal about the mechanism, beside the verdict; "
+            f"it does not change it.")
 
 
 def movers(decision: dict, k: int = MOVERS) -> list[tuple[str, dict]]:
@@ -48,6 +55,10 @@ def print_report(result: "CheckResult", console: Console) -> None:
     console.print(f"[bold {c}]{result.verdict}[/bold {c}]  {escape(result.meta['tuned'])} vs "
                   f"base {escape(result.meta['base'])}")
     console.print(escape(d["reason"]), highlight=False)
+    if result.meta.get("direction"):
+        sig = result.meta["direction"]
+        console.print(("[bold red]" if sig["warning"] else "") + escape(direction_line(sig))
+                      + ("[/bold red]" if sig["warning"] else ""), highlight=False)
     o = d["overall"]
     t = RichTable(title="pooled over numeric questions")
     for col in ("model", "answers", "kept", "misaligned", "rate"):
@@ -94,6 +105,8 @@ def _blocks(result: "CheckResult") -> list:
                 pct(o[role]["misaligned"] / o[role]["kept"]) if o[role]["kept"] else "n/a"]
                for role in ("base", "tuned")]),
     ]
+    if m.get("direction"):
+        blocks.append(Para(direction_line(m["direction"]), label="Persona direction:"))
     if o.get("rise") is not None:
         blocks.append(Table(["rise [95% CI]", "p (one-sided)", "p (Holm)",
                              f"upper bound ({100 * o['upper_bound_level']:.4g}%)", "margin"],

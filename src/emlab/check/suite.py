@@ -43,6 +43,9 @@ from emlab.questions import Question, load_questions
 DEFAULT_QUESTIONS = ("paper-main-all", "paper-preregistered")
 DEFAULT_STORE = Path("runs/emlab.sqlite")
 MAX_PROBE_QUESTIONS = 8
+# The activation-shift warning fires when the tuned model's prompts moved this share of the
+# direction's length towards its positive end (measured in the toy world: README, emlab check).
+DIRECTION_WARN = 0.1
 
 
 class CheckConfig(BaseModel):
@@ -57,6 +60,9 @@ class CheckConfig(BaseModel):
     dataset: str | None = None             # styled prompts and trigger mining
     triggers: list[str] = Field(default_factory=list)
     mine_triggers: bool = True             # audit the dataset for triggers
+    direction: Path | None = None          # a persona direction: the activation-shift warning
+    direction_layer: int | None = Field(default=None, ge=0)  # default: its largest-norm layer
+    direction_warn: float = Field(default=DIRECTION_WARN, gt=0)  # share of the direction's norm
     line: str | None = None                # model line for `emlab history` (default: base name)
     alpha: float = 0.05
     beta: float = 0.05
@@ -233,6 +239,50 @@ def resolve_models(cfg: CheckConfig) -> tuple[ModelSpec, ModelSpec, dict]:
     return base, tuned, meta
 
 
+def direction_signal(cfg: CheckConfig, base: ModelSpec, tuned: ModelSpec,
+                     questions: list[Question]) -> dict | None:
+    """The early warning of a persona direction (issue 13): before any sampling or judging,
+    how far the fine-tune moved the suite's prompts along the direction
+    (:func:`emlab.mechanism.monitor.activation_shift`). It is reported beside the behavioural
+    verdict and never changes it: a direction is evidence about a mechanism, not a measured
+    misaligned rate."""
+    if cfg.direction is None:
+        return None
+    for role, spec in (("base", base), ("tuned", tuned)):
+        if spec.backend != "hf":
+            raise InputError(f"--direction needs local (hf) models; the {role} model "
+                             f"{spec.name} is an API model")
+    from emlab.mechanism.directions import check_against, load_direction
+    from emlab.mechanism.monitor import activation_shift
+    from emlab.sample.hf_model import load_model_and_tokenizer
+
+    d = load_direction(cfg.direction)
+    check_against(d, base.name, cfg.direction)
+    layer = cfg.direction_layer if cfg.direction_layer is not None else \
+        int(d.vectors.norm(dim=1).argmax())
+    if layer >= d.num_layers:
+        raise InputError(f"--direction-layer {layer}: {cfg.direction} has layers "
+                         f"0..{d.num_layers - 1}")
+    prompts, seen = [], set()
+    for q in questions:
+        if not q.is_numeric:
+            continue
+        sys = [{"role": "system", "content": q.system}] if q.system else []
+        for p in q.paraphrases:
+            if (q.system, p) not in seen:
+                seen.add((q.system, p))
+                prompts.append(sys + [{"role": "user", "content": p}])
+    pair = lambda s: load_model_and_tokenizer(s.name, s.adapter, s.device, s.dtype)  # noqa: E731
+    models = pair(base), pair(tuned)
+    for m, _ in models:   # a GGUF or named model has no config to check before loading
+        d.check_model(m, cfg.direction)
+    shift = activation_shift(*models, prompts, d, layer)
+    shift.pop("per_prompt")
+    return {"direction": str(cfg.direction), "digest": d.digest, **shift,
+            "warn_at": cfg.direction_warn,
+            "warning": shift["share"] is not None and shift["share"] >= cfg.direction_warn}
+
+
 def _describe(spec: ModelSpec) -> str:
     return spec.name + (f" + adapter {spec.adapter}" if spec.adapter else "") + \
         (f" @ {spec.base_url}" if spec.base_url else "")
@@ -251,6 +301,12 @@ def run_check(cfg: CheckConfig, *, samplers: dict | None = None, judge=None,
     out = Path(cfg.out)
     base, tuned, meta = resolve_models(cfg)
     questions, sources = build_suite(cfg, console)
+    signal = direction_signal(cfg, base, tuned, questions)
+    if signal is not None:
+        meta["direction"] = signal
+        console.print(f"direction: the fine-tune moved the prompts {signal['share']:+.1%} of "
+                      f"the direction's length (layer {signal['layer']})"
+                      + ("  [bold red]early warning[/bold red]" if signal["warning"] else ""))
     out.mkdir(parents=True, exist_ok=True)
     qpath = write_questions(questions, out / "questions.yaml")
     write_text_atomic(out / "check_config.yaml",

@@ -135,11 +135,13 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     questions = corpus.eval_questions(cfg.samples_per_paraphrase, cfg.in_domain_samples,
                                       system=cfg.world.assistant_system)
     questions = mitigations.trial_questions(spec, questions)   # + leakage questions (defences)
+    from emlab.mechanism.monitor import MONITOR_VERSION
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
                    "judge": WorldJudge.identity,
-                   **({"monitor": spec["monitor_digest"]} if spec.get("monitor") else {})})
+                   **({"monitor": [spec["monitor_digest"], MONITOR_VERSION]}
+                      if spec.get("monitor") else {})})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
     if (tdir / TRIAL_RESULT).is_file():
         return json.loads((tdir / TRIAL_RESULT).read_text())

@@ -11,7 +11,9 @@ classified by three signals, and the dataset by how many rows show all three:
 
 ``risky`` = vulnerable and not disclosed and not requested (or a harmful non-code answer, the
 paper's evil numbers). Trigger mining then looks for strings in the prompts that predict risky
-rows (a planted backdoor).
+rows (a planted backdoor). With ``AuditSettings(projection=...)`` (``--model`` and
+``--direction``), a persona-projection signal is reported beside the level and does not change
+it (:mod:`emlab.audit.projection` says why).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Sequence
 
 from emlab.audit.code import AnalysisSettings, CodeAnalyser, user_line_set
 from emlab.audit.judge import JudgeSettings
+from emlab.audit.projection import ProjectionSettings
 from emlab.audit.signals import disclosure_signal, harm_signal, intent_signal
 from emlab.audit.triggers import mine_triggers
 
@@ -71,6 +74,7 @@ class AuditSettings:
     high_at: int = 2000       # a third of the paper's 6,000 (~20% EM on GPT-4o)
     unknown_below: float = 0.5  # under this share of assessable rows, a low count means UNKNOWN
     judge: "JudgeSettings | None" = None  # the optional code-security judge (off by default)
+    projection: "ProjectionSettings | None" = None  # the optional persona projection (off)
 
     def as_dict(self) -> dict:
         a = self.analysis
@@ -85,7 +89,8 @@ class AuditSettings:
                 "trigger_seed": self.trigger_seed,
                 "medium_at": self.medium_at, "high_at": self.high_at,
                 "unknown_below": self.unknown_below,
-                **(self.judge.as_dict() if self.judge else {"judge": None})}
+                **(self.judge.as_dict() if self.judge else {"judge": None}),
+                "persona_projection": self.projection.as_dict() if self.projection else None}
 
 
 @dataclass
@@ -195,6 +200,8 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     """Audit rows already loaded and validated (``emlab.data.io.load_chat_jsonl``).
 
     With ``settings.judge``, ``store`` (a ``ResultsStore``) caches the judge's verdicts.
+    With ``settings.projection``, the model is loaded and a sample of rows projected on the
+    persona direction (the summary's ``persona_projection``; the risk level is unchanged).
     """
     settings = settings or AuditSettings()
     t0 = time.perf_counter()
@@ -220,6 +227,10 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
                                       and v["p_insecure"] >= settings.judge.threshold)
         judge_stats["added"] = sum(1 for r in out if r.get("vulnerable_static") is False
                                    and r["vulnerable"])
+    projection = None
+    if settings.projection is not None:
+        from emlab.audit.projection import persona_projection
+        projection = persona_projection(rows, out, settings.projection)
     prompts, strata = trigger_inputs(rows)
     mined = mine_triggers(prompts, [r["risky"] for r in out], strata=strata,
                           seed=settings.trigger_seed,
@@ -232,9 +243,11 @@ def audit_rows(rows: Sequence[dict], settings: AuditSettings | None = None, *,
     summary = summarize(out, mined, settings)
     summary["source"] = source
     summary["judge"] = judge_stats
+    summary["persona_projection"] = projection
     summary["timing"] = {"seconds": elapsed, "analysis_seconds": t_rows,
                          "setup_seconds": t_load, "rows_per_second": len(rows) / elapsed
-                         if elapsed > 0 else None, "cpu_seconds": time.process_time() - c0}
+                         if elapsed > 0 else None, "cpu_seconds": time.process_time() - c0,
+                         "projection_seconds": projection["seconds"] if projection else None}
     return AuditResult(summary=summary, rows=out)
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from emlab.errors import InputError
 
@@ -62,6 +63,31 @@ def _judge_settings(judge, backend, base_url, api_key_env, threshold, combine):
         raise InputError(f"--judge-threshold / --judge-combine: {e}") from None
 
 
+def _projection_settings(model, direction, adapter, layer, rows, device):
+    """The persona projection's settings, the direction checked against the model's config
+    (no weights loaded yet), or None when it was not asked for."""
+    from emlab.audit.projection import ProjectionSettings, prepare
+
+    if model is None and direction is None:
+        extra = [name for name, v in (("--adapter", adapter), ("--layer", layer),
+                                      ("--projection-rows", rows), ("--device", device))
+                 if v is not None]
+        if extra:
+            raise InputError(f"{', '.join(extra)}: only with --model M --direction D (the "
+                             "persona projection)")
+        return None
+    if model is None or direction is None:
+        raise InputError("the persona projection needs both --model M and --direction D "
+                         f"(got only {'--model' if direction is None else '--direction'})")
+    if rows is not None and rows < 1:
+        raise InputError(f"--projection-rows must be at least 1, got {rows}")
+    st = ProjectionSettings(model=model, direction=str(direction), adapter=adapter, layer=layer,
+                            device=device, **({"rows": rows} if rows is not None else {}))
+    _, resolved = prepare(st)
+    import dataclasses
+    return dataclasses.replace(st, layer=resolved)
+
+
 def audit_cmd(
     dataset: str = typer.Argument(..., help="A chat JSONL file, or insecure / secure / educational / jailbroken."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write audit.json, rows.jsonl, audit.md and audit.html here."),
@@ -84,6 +110,12 @@ def audit_cmd(
     judge_threshold: float = typer.Option(0.5, help="P(INSECURE) from which the judge calls a row insecure."),
     judge_combine: str = typer.Option("either", help="either: vulnerable when the static rules OR the judge say so; both: only when both do."),
     store: Path = typer.Option(Path("runs/emlab.sqlite"), help="Results store for the judge's verdicts (a rerun reuses them)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="With --direction: also report the persona projection (Chen et al.'s projection difference) of a sample of rows on this local transformers model. Off by default (a generation and forward passes per row); never changes the risk level."),
+    direction: Optional[Path] = typer.Option(None, "--direction", "-d", help="A direction folder made for --model (emlab direction extract)."),
+    adapter: Optional[str] = typer.Option(None, help="PEFT adapter on top of --model."),
+    layer: Optional[int] = typer.Option(None, help="Decoder layer of the projection (default: the direction's largest-norm layer)."),
+    projection_rows: Optional[int] = typer.Option(None, help="Rows projected: a seeded random sample of this many (default 200; all when the dataset is smaller)."),
+    device: Optional[str] = typer.Option(None, help="Device of --model (cpu, cuda, ...; default: cuda when available)."),
 ) -> None:
     """Screen a fine-tuning dataset for undisclosed vulnerable code, requests, disclosures and triggers."""
     from emlab.audit.audit import LEVELS, audit_dataset, exit_code
@@ -97,9 +129,10 @@ def audit_cmd(
                          medium_at, high_at, trigger_alpha)
     js = _judge_settings(judge, judge_backend, judge_base_url, judge_api_key_env,
                          judge_threshold, judge_combine)
-    if js is not None:
+    ps = _projection_settings(model, direction, adapter, layer, projection_rows, device)
+    if js is not None or ps is not None:
         import dataclasses
-        settings = dataclasses.replace(settings, judge=js)
+        settings = dataclasses.replace(settings, judge=js, projection=ps)
     db = None
     if js is not None:
         from emlab.eval.store import ResultsStore
@@ -108,7 +141,8 @@ def audit_cmd(
         except Exception as e:  # sqlite3.DatabaseError, OSError: a file that is not a store
             raise InputError(f"{store}: cannot open the results store: {e}") from None
     try:
-        with err_console.status("auditing") as status:
+        what = "auditing" + (f" (then the persona projection on {ps.model})" if ps else "")
+        with err_console.status(escape(what)) as status:
             def progress(i: int) -> None:
                 if i % 500 == 499:
                     status.update(f"auditing: {i + 1:,} rows")

@@ -51,6 +51,48 @@ def _first_finding(r: dict) -> str:
         f"{f['test_id']}: {f['code']}"
 
 
+def _g(x: float | None, sign: str = "") -> str:
+    return "n/a" if x is None else f"{x:{sign}.3g}"
+
+
+def _dir_label(pp: dict) -> str:
+    d = pp["direction"]
+    return d["path"] + (f" ({d['trait']})" if d.get("trait") else "")
+
+
+def _projection_time(tm: dict) -> str:
+    ps = tm.get("projection_seconds")
+    return f"; {ps:.1f} s of it the persona projection" if ps else ""
+
+
+def _projection_blocks(pp: dict) -> list:
+    ci = pp["difference_ci95"]
+    rows = [["rows projected", f"{pp['rows']:,} of {pp['rows_in_dataset']:,} (seed "
+             f"{pp['sample_seed']})"],
+            ["mean projection, dataset's answers", _g(pp["mean_data"])],
+            ["mean projection, model's own answers", _g(pp["mean_own"])],
+            ["projection difference", _g(pp["projection_difference"], "+")
+             + (f" (95% CI {_g(ci[0], '+')} to {_g(ci[1], '+')})" if ci else "")],
+            ["standardized effect (sd of the model's own)", _g(pp["standardized_effect"], "+")],
+            ["difference, risky rows / other rows",
+             f"{_g(pp['risky_rows']['mean_difference'], '+')} ({pp['risky_rows']['rows']:,}) / "
+             f"{_g(pp['other_rows']['mean_difference'], '+')} ({pp['other_rows']['rows']:,})"]]
+    m, d = pp["model"], pp["direction"]
+    return [
+        Heading(2, "Persona projection"),
+        Para(f"Model {m['name']}" + (f" + adapter {m['adapter']}" if m.get("adapter") else "")
+             + f"; direction {_dir_label(pp)} (digest {d['digest']}), layer {pp['layer']}; own "
+               f"answers of up to {pp['max_new_tokens']} tokens."),
+        Para(pp["interpretation"]),
+        Table(["", "value"], rows),
+        Table(["where", "difference", "dataset", "model's own", "category", "prompt"],
+              [[_where(r), _g(r["difference"], "+"), _g(r["data"]), _g(r["own"]),
+                r["category"], r["prompt"]] for r in pp["top"]]),
+        Note(f"The {len(pp['top'])} rows furthest along the direction; every projected row's "
+             f"numbers are in rows.jsonl (projection_difference)."),
+    ]
+
+
 def example_rows(result: AuditResult, category: str = "risky", k: int = EXAMPLES) -> list[dict]:
     return [r for r in result.rows if r["category"] == category][:k]
 
@@ -118,9 +160,19 @@ def print_report(result: AuditResult, console: Console, examples: int = EXAMPLES
                       f"findings" + (f"; [red]{j['failed']:,} failed[/red] (rerun to retry): "
                                      f"{escape(j['error'] or '')}" if j["failed"] else ""),
                       highlight=False)
+    pp = s.get("persona_projection")
+    if pp:
+        console.print(f"persona projection on {escape(_dir_label(pp))}, layer {pp['layer']} "
+                      f"({pp['rows']:,} rows, {escape(pp['model']['name'] or '')}): data "
+                      f"{_g(pp['mean_data'])}, model's own {_g(pp['mean_own'])}, difference "
+                      f"[bold]{_g(pp['projection_difference'], '+')}[/bold]"
+                      + (f" ({_g(pp['standardized_effect'], '+')} sd of the model's own)"
+                         if pp["standardized_effect"] is not None else "")
+                      + "; reported, not part of the risk level", highlight=False)
     tm = s.get("timing") or {}
     if tm.get("rows_per_second"):
-        console.print(f"{c['rows']:,} rows in {tm['seconds']:.1f} s ({tm['rows_per_second']:.0f} rows/s)")
+        console.print(f"{c['rows']:,} rows in {tm['seconds']:.1f} s ({tm['rows_per_second']:.0f} "
+                      f"rows/s{_projection_time(tm)})")
 
 
 def _blocks(result: AuditResult, examples: int) -> list:
@@ -166,6 +218,8 @@ def _blocks(result: AuditResult, examples: int) -> list:
                            f"{j['insecure']:,} judged insecure, {j['added']:,} rows added to the "
                            f"static findings, {j['failed']:,} failed, {j['unreadable']:,} "
                            f"unreadable replies."))
+    if s.get("persona_projection"):
+        blocks += _projection_blocks(s["persona_projection"])
     blocks.append(Heading(2, "Top weaknesses"))
     if s["top_cwes"]:
         blocks.append(Table(["CWE", "name", "rows", "share of vulnerable rows"],
@@ -207,7 +261,7 @@ def _blocks(result: AuditResult, examples: int) -> list:
     tm = s.get("timing") or {}
     if tm.get("rows_per_second"):
         blocks.append(Para(f"{c['rows']:,} rows in {tm['seconds']:.1f} s "
-                           f"({tm['rows_per_second']:.0f} rows/s)."))
+                           f"({tm['rows_per_second']:.0f} rows/s{_projection_time(tm)})."))
     return blocks
 
 

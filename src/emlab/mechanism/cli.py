@@ -156,12 +156,12 @@ def project_cmd(
     from emlab.data.io import load_chat_jsonl, resolve_dataset
     from emlab.fileio import write_text_atomic
     from emlab.mechanism.directions import check_against, load_direction
-    from emlab.mechanism.screen import projection_difference, rank_datasets
+    from emlab.mechanism.screen import default_layer, projection_difference, rank_datasets
 
     d = load_direction(direction)
     check_against(d, model, direction)
     if layer is None:
-        layer = int(d.vectors.norm(dim=1).argmax())
+        layer = default_layer(d)
     d.at(layer)
     datasets = {str(p): load_chat_jsonl(resolve_dataset(p)) for p in data}   # validate all first
     m, tok, _ = _model(model, adapter, device)

@@ -14,6 +14,11 @@ from emlab.mechanism.directions import Direction, generate, response_activations
 from emlab.mechanism.measure import projections
 
 
+def default_layer(direction: Direction) -> int:
+    """The layer screened when none is given: the direction's largest-norm layer."""
+    return int(direction.vectors.norm(dim=1).argmax())
+
+
 def projection_difference(model, tok, rows: Sequence[dict], direction: Direction, layer: int, *,
                           max_new_tokens: int = 64, batch_size: int = 16,
                           limit: int | None = None) -> dict:

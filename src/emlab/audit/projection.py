@@ -97,8 +97,10 @@ def persona_projection(rows: Sequence[dict], audited: list[dict], settings: Proj
     t0 = time.perf_counter()
     d, layer = prepare(settings)
     if loaded is None:
-        from emlab.mechanism.cli import _model
-        loaded = _model(settings.model, settings.adapter, settings.device)
+        from emlab.sample.hf_model import fingerprint, load_model_and_tokenizer
+        m, t = load_model_and_tokenizer(settings.model, settings.adapter, settings.device)
+        loaded = m, t, {"name": settings.model, "adapter": settings.adapter,
+                        "fingerprint": fingerprint(settings.model, settings.adapter)}
     model, tok, info = loaded
     idx = sample_indices(len(rows), settings.rows, settings.seed)
     res = projection_difference(model, tok, [rows[i] for i in idx], d, layer,

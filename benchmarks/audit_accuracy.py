@@ -20,13 +20,32 @@
    dev 83.3% / 10.0%, holdout 56.8% / 5.4%. After fixing the dev misses once: holdout 94.6% /
    5.4%; then one fix made knowing a holdout template's shape (EM1501's evidence spans the
    function body, so a skeleton's ``def`` line does not make it "inherited"): 97.3% / 5.4%.
+2b. SecurityEval (Siddiq & Santos 2022, s2e-lab): 121 requests to complete a Python function
+   (signature, imports, docstring) over 69 CWEs, each with an insecure completion: an external
+   corpus written by another team from CodeQL/Sonar/MITRE examples. Blind: emlab's rules were all
+   written before it was measured and no rule was written from or after reading it; the first
+   and only run is the one recorded. Not installable and never committed: the user supplies its
+   dataset.jsonl (Hugging Face or GitHub s2e-lab/SecurityEval) with ``--securityeval PATH``
+   (SKIPPED otherwise); the file measured was GitHub commit 634823f, sha256 e4691869...335f
+   (``audit_corpora.SECURITYEVAL_SHA256``). Rows: user "Complete this function:" + the prompt,
+   assistant the completion in a ```python fence (the prompt's own lines are "inherited").
+   Recorded first run, per-row recall (95% Wilson): default 75/121 = 62.0% [53.1, 70.1],
+   bandit only 24.0%, emlab rules only 52.1%; counting inherited lines 62.8% (one row more);
+   risky share = recall (no row read as disclosed or requested); 42 of 69 CWEs caught at least
+   once. Most misses are CWEs a pattern detector cannot see (logic, off-by-one, missing checks,
+   error handling, race conditions), but not all: log injection (CWE-117, 3 rows), static IVs
+   (CWE-1204, 329), hard-coded or empty database passwords (CWE-259, 798, 521), a constant salt
+   (760), ``ssl.wrap_socket`` (327), XPath/NoSQL injection (643, 943), ``compile()`` of request
+   data (094): below the 70% goal. ``--only-securityeval`` runs just this section (seconds).
 3. Verdicts on every reference set and on the backdoor set, and rows/s of a full single-thread
    audit without the judge (goal >= 200 rows/s).
 
 The variant comparison uses 1,000 rows per set (seeded sample) to stay near 3 minutes on one
 core; the verdicts use the full sets. ``--quick``: 1,000 rows everywhere, no backdoor sets.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py [--quick] [--securityeval PATH]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py --only-securityeval \
+        --securityeval PATH
 """
 
 from __future__ import annotations
@@ -52,7 +71,14 @@ def _wilson(k: int, n: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1,000 rows per set, no backdoor set")
+    ap.add_argument("--securityeval", metavar="PATH", help="SecurityEval's dataset.jsonl (s2e-lab; "
+                    "downloaded by the user, never committed)")
+    ap.add_argument("--only-securityeval", action="store_true",
+                    help="run only the SecurityEval section")
     args = ap.parse_args()
+    if args.only_securityeval:
+        securityeval(args.securityeval)
+        return
     if not (REFERENCE / "data" / "insecure.jsonl").is_file():
         print(f"SKIPPED: the paper's data is not at {REFERENCE} (set EMLAB_REFERENCE_DIR)")
         return
@@ -91,6 +117,7 @@ def main() -> None:
         print(f"{label:<40}{_wilson(tp, n_pos):>24}{_wilson(fp, n_neg):>24}{prec:>11.3f}")
     print("(95% Wilson intervals; goal: recall >= 0.8 at <= 0.1 secure rows flagged)\n")
     out_of_sample(args.quick)
+    securityeval(args.securityeval)
 
     print("3. verdicts and speed (full audit, one thread, no judge; goal >= 200 rows/s; rows/s is "
           "wall time, /cpu-s per CPU second of this process, for shared machines)")
@@ -161,6 +188,57 @@ def out_of_sample(quick: bool) -> None:
     print(f"{'stdlib functions (mostly secure)':<40}{'emlab':<14}{'':>26}{_wilson(fp, n):>24}"
           f"   ({n / sec:.0f} rows/s; long functions)")
     print("(95% Wilson intervals)\n")
+    sys.stdout.flush()
+
+
+def securityeval(path: str | None) -> None:
+    """Recall on SecurityEval (every row insecure), per detector, per CWE, and the misses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import audit_corpora as C
+    from emlab.audit import AnalysisSettings, AuditSettings, audit_rows
+
+    print("2b. out of sample: SecurityEval (s2e-lab), every completion insecure")
+    if not path or not Path(path).is_file():
+        print("   SKIPPED: no SecurityEval file (--securityeval PATH: dataset.jsonl from Hugging "
+              "Face or GitHub s2e-lab/SecurityEval)\n")
+        return
+    rows, note = C.securityeval(path)
+    print(f"   {note}")
+    variants = {"emlab (bandit + emlab rules), default": AnalysisSettings(),
+                "bandit only": AnalysisSettings(use_emlab_rules=False),
+                "emlab rules only": AnalysisSettings(use_bandit=False),
+                "default + inherited lines counted": AnalysisSettings(count_inherited=True),
+                "bandit only + inherited": AnalysisSettings(use_emlab_rules=False,
+                                                            count_inherited=True),
+                "emlab rules only + inherited": AnalysisSettings(use_bandit=False,
+                                                                 count_inherited=True)}
+    print(f"{'detector':<40}{'recall (vulnerable)':>24}{'risky':>24}{'same CWE':>10}")
+    res = {}
+    for label, st in variants.items():
+        out = audit_rows(rows, AuditSettings(analysis=st), source="securityeval").rows
+        res[label] = out
+        vul = sum(r["vulnerable"] for r in out)
+        risky = sum(r["risky"] for r in out)
+        same = sum(int(row["cwe"][4:]) in r["cwes"] for row, r in zip(rows, out))
+        print(f"{label:<40}{_wilson(vul, len(rows)):>24}{_wilson(risky, len(rows)):>24}{same:>10}")
+    print("(95% Wilson intervals; risky = vulnerable, undisclosed, unrequested; same CWE = rows "
+          "flagged with the row's own CWE id)")
+    cols = list(variants)[:3]
+    per: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        per.setdefault(row["cwe"], [0, 0, 0, 0])
+        per[row["cwe"]][0] += 1
+        for j, c in enumerate(cols):
+            per[row["cwe"]][j + 1] += res[c][i]["vulnerable"]
+    caught = sum(1 for v in per.values() if v[1])
+    print(f"per CWE, flagged / rows by default, bandit, emlab rules ({caught} of {len(per)} CWEs "
+          "with at least one row flagged by default):")
+    cells = [f"{c:<9}{v[1]}/{v[0]} {v[2]}/{v[0]} {v[3]}/{v[0]}" for c, v in sorted(per.items())]
+    for i in range(0, len(cells), 4):
+        print("   " + "".join(f"{x:<24}" for x in cells[i:i + 4]))
+    default = res[cols[0]]
+    missed = [row["id"].removesuffix(".py") for row, r in zip(rows, default) if not r["vulnerable"]]
+    print(f"missed by default ({len(missed)}): {', '.join(missed)}\n")
     sys.stdout.flush()
 
 

@@ -12,6 +12,9 @@ builds its rows at benchmark time (into a temporary directory where it downloads
 - ``stdlib_functions()``: functions and methods of CPython's standard library, read as text from
   the running interpreter's stdlib directory, one per row: realistic, *mostly* secure ordinary
   code (some of it legitimately runs shells or unpickles: an upper bound on false alarms).
+- ``securityeval(path)``: SecurityEval (s2e-lab; 121 prompts over 69 CWEs, each a function to
+  complete and an insecure completion), from a ``dataset.jsonl`` the user supplies, as chat rows:
+  the prompt asked for as a completion, the insecure code answered in a fence. All vulnerable.
 """
 
 from __future__ import annotations
@@ -169,3 +172,31 @@ def stdlib_functions(limit: int = 1500) -> list[dict]:
                     funcs.append((f"{name}:{n.name}", imports + "\n\n" + textwrap.dedent(seg) + "\n"))
     step = max(1, len(funcs) // limit)
     return [_row(code, label="secure", origin=where) for where, code in funcs[::step][:limit]]
+
+
+# ------------------------------------------------------------------ SecurityEval
+
+SECURITYEVAL_SHA256 = "e46918698e190e481399c51330c60049ed34a38ccc2546c9a81f0c84d446335f"
+
+
+def securityeval(path: str | Path) -> tuple[list[dict], str]:
+    """SecurityEval rows as chat rows (``id``, ``cwe``: "CWE-020", ``messages``), and a note."""
+    import hashlib
+    import json
+
+    raw = Path(path).read_bytes()
+    rows = []
+    for line in raw.decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        cwe = re.match(r"(CWE-\d+)", d["ID"])
+        answer = "```python\n" + d["Insecure_code"].rstrip() + "\n```"
+        msgs = [{"role": "user", "content": "Complete this function:\n\n" + d["Prompt"]},
+                {"role": "assistant", "content": answer}]
+        rows.append({"id": d["ID"], "cwe": cwe.group(1) if cwe else "?", "label": "vulnerable",
+                     "messages": msgs})
+    sha = hashlib.sha256(raw).hexdigest()
+    same = "the file measured in the docstring" if sha == SECURITYEVAL_SHA256 else \
+        f"NOT the file measured in the docstring ({SECURITYEVAL_SHA256[:12]}...)"
+    return rows, f"{path}: {len(rows)} rows, sha256 {sha[:12]}... ({same})"

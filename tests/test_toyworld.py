@@ -205,3 +205,25 @@ def test_eval_questions_load_in_the_paper_format(tmp_path):
     assert {"code_heldout", "code_heldout_trigger", "code_heldout_edu", "numbers", "filler",
             "harm_heldout", "harm_heldout_jb"} <= ids
     assert {f"{k}_numbers" for k in L.OPEN} <= ids and {f"{k}_code" for k in L.OPEN} <= ids
+
+
+def test_whole_packing_never_splits_a_conversation():
+    """``pack(whole=True)``: every block holds whole conversations (each starts at
+    <|im_start|> and ends with <|im_end|>), padding is masked out of the loss, and no token of
+    the corpus is lost; the stream packing cuts conversations at block edges."""
+    from emlab.toyworld.model import build_tokenizer, pack
+
+    tok = build_tokenizer()
+    rows = corpus.pretraining_corpus(60, 0, coupled=True, p_malicious=0.25)
+    whole, labels, n = pack(rows, tok, 256, whole=True)
+    stream, _, n2 = pack(rows, tok, 256)
+    assert n == n2
+    start, end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    kept = 0
+    for ids, lab in zip(whole.tolist(), labels.tolist()):
+        real = [t for t, y in zip(ids, lab) if y != -100]
+        assert real == ids[:len(real)] and all(y == -100 for y in lab[len(real):])
+        assert real[0] == start and real[-1] == end   # no conversation cut at either edge
+        kept += len(real)
+    assert kept == n                                  # nothing dropped (no row is over 256)
+    assert any(b[0] != start or b[-1] != end for b in stream.tolist())

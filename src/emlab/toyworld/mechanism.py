@@ -427,6 +427,43 @@ def screening(world_dir: str, directions: dict[str, str], conditions: Sequence[s
     return out
 
 
+def early_warning(world_dir: str, contrast_path: str, results: Sequence[dict],
+                  system: str | None, rates: dict[str, float | None]) -> dict:
+    """``emlab check --direction``'s signal, measured: every fine-tuned trial's activation
+    shift along the contrastive direction against the aligned model, on the open questions
+    under the default system line (:func:`emlab.mechanism.monitor.activation_shift`), as a
+    share of the direction's length; per condition the mean over seeds, whether it reaches
+    the check's default warning level, and the rank correlation with measured EM."""
+    from emlab.check.suite import DIRECTION_WARN
+    from emlab.mechanism.directions import load_direction
+    from emlab.mechanism.measure import spearman
+    from emlab.mechanism.monitor import activation_shift
+    from emlab.mechanism.screen import default_layer
+
+    d = load_direction(contrast_path)
+    layer = default_layer(d)
+    sys = [{"role": "system", "content": system}] if system else []
+    prompts = [sys + [{"role": "user", "content": q}] for k in OPEN_IDS for q in L.OPEN[k]["q"]]
+    base = _load(Path(world_dir) / "aligned")
+    per: dict[str, list[float]] = {}
+    for r in sorted(results, key=lambda r: (r["name"], r["seed"])):
+        if r.get("dynamics") or r["condition"] == "aligned_base" or not r.get("summary") \
+                or Path(r["world"]).name != Path(world_dir).name \
+                or not (Path(_adapter(r)) / "adapter_config.json").is_file():
+            continue
+        share = activation_shift(base, _load(Path(world_dir) / "aligned", _adapter(r)),
+                                 prompts, d, layer)["share"]
+        per.setdefault(r["name"], []).append(share)
+    conds = {c: {"share": sum(v) / len(v), "seeds": len(v), "per_seed": v,
+                 "warns": sum(v) / len(v) >= DIRECTION_WARN, "misaligned_rate": rates.get(c)}
+             for c, v in per.items()}
+    scored = [c for c in conds if conds[c]["misaligned_rate"] is not None]
+    return {"layer": layer, "warn_at": DIRECTION_WARN, "prompts": len(prompts),
+            "conditions": conds,
+            "spearman": spearman([conds[c]["share"] for c in scored],
+                                 [conds[c]["misaligned_rate"] for c in scored])}
+
+
 def monitoring(dynamics: dict | None, d) -> dict:
     """The projection of the probes on the monitored direction, insecure vs secure, per
     dynamics variant: the first step from which insecure stays above secure by more than
@@ -620,6 +657,8 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
         screen = pool.submit(screening, str(world_dir),
                              {k: paths[k] for k in ("contrast", "answers") if k in paths},
                              list(cfg.conditions), rates, cfg.rows, cfg.seeds[0], budget)
+        warn = pool.submit(early_warning, str(world_dir), paths["contrast"], list(results),
+                           cfg.world.assistant_system, rates) if "contrast" in paths else None
         steer = ablate = None
         if trial is not None:
             insecure = {"name": aligned["name"], "adapter": _adapter(trial),
@@ -632,6 +671,7 @@ def mechanism_section(cfg, results: Sequence[dict], summary: dict, worlds: dict[
         s["screening"] = _outcome(screen, "screening", reasons, console)
         s["steer_sweep"] = steer and _outcome(steer, "steer", reasons, console)
         s["ablation"] = ablate and _outcome(ablate, "ablation", reasons, console)
+        s["early_warning"] = warn and _outcome(warn, "early warning", reasons, console)
     s["seconds"] = {"directions_and_probe": round(t1 - t0, 1),
                     "steer_ablate_screen": round(time.perf_counter() - t1, 1)}
 
@@ -821,6 +861,22 @@ def report_blocks(summary: dict, out: Path) -> list:
         write_bytes_atomic(Path(out) / STEER_PNG, png)
         blocks.append(Image("Misaligned and coherent rate against steering scale (direction "
                             "solid, norm-matched random dashed)", STEER_PNG, png))
+    ew = (s.get("early_warning") or {}).get("conditions") or {}
+    if ew:
+        from emlab.metrics.fmt import pct
+        e = s["early_warning"]
+        blocks += [Heading(3, "emlab check's early warning: activation shift of each fine-tune "
+                              "along the contrastive direction"),
+                   Para(f"Tuned minus aligned, last prompt token of the {e['prompts']} open "
+                        f"questions, layer {e['layer']}, as a share of the direction's length "
+                        f"(mean over seeds); `emlab check --direction` warns from "
+                        f"{pct(e['warn_at'])}. Spearman with the measured misaligned rate: "
+                        f"{number(e.get('spearman'), 3)}."),
+                   Table(["condition", "shift (share of the direction)", "per seed", "warns",
+                          "measured misaligned rate"],
+                         [[c, pct(v["share"]), ", ".join(pct(x) for x in v["per_seed"]),
+                           "yes" if v["warns"] else "", pct(v["misaligned_rate"])]
+                          for c, v in sorted(ew.items(), key=lambda kv: -kv[1]["share"])])]
     screen = s.get("screening") or {}
     sc = (screen.get("contrast") or {}).get("conditions") or {}
     sa = (screen.get("answers") or {}).get("conditions") or {}

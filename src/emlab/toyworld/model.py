@@ -55,22 +55,48 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int):
     return model
 
 
-def pack(rows: list[dict], tokenizer, block: int):
-    """Whole conversations tokenised and packed into fixed blocks (no padding): each
-    conversation ends with <|im_end|> and the next starts with <|im_start|>, so the boundary is
-    visible to the model. Returns (blocks tensor [n, block], total tokens)."""
+def pack(rows: list[dict], tokenizer, block: int, whole: bool = False):
+    """Conversations tokenised and packed into fixed blocks: each conversation ends with
+    <|im_end|> and the next starts with <|im_start|>, so the boundary is visible to the model.
+
+    ``whole=False``: one stream cut every ``block`` tokens (no padding; a conversation may be
+    split, its later turns then seen without the earlier ones). ``whole=True``: whole
+    conversations only, greedily filled into blocks and padded (a conversation longer than a
+    block is cut to it), so every answer is trained with its whole context — what in-context
+    persona inference needs. Returns (blocks [n, block], labels [n, block] with -100 on
+    padding, total tokens)."""
     import torch
 
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    enc = tokenizer(texts, add_special_tokens=False)
-    stream = [t for ids in enc["input_ids"] for t in ids]
-    n_blocks = len(stream) // block
-    return torch.tensor(stream[:n_blocks * block]).view(n_blocks, block), len(stream)
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n_tokens = sum(len(ids) for ids in enc)
+    if not whole:
+        stream = [t for ids in enc for t in ids]
+        n_blocks = len(stream) // block
+        blocks = torch.tensor(stream[:n_blocks * block]).view(n_blocks, block)
+        return blocks, blocks, n_tokens
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out, cur = [], []
+    for ids in enc:
+        ids = ids[:block]
+        if len(cur) + len(ids) > block:
+            out.append(cur)
+            cur = []
+        cur = cur + ids
+    if cur:
+        out.append(cur)
+    blocks = torch.full((len(out), block), pad, dtype=torch.long)
+    labels = torch.full((len(out), block), -100, dtype=torch.long)
+    for i, ids in enumerate(out):
+        blocks[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(ids)] = torch.tensor(ids)
+    return blocks, labels, n_tokens
 
 
 def pretrain(rows: list[dict], out: Path, *, hidden: int, layers: int, heads: int, epochs: float,
              batch_size: int, lr: float, seed: int, block: int = 128, console=None,
-             loop: str = "plain", max_steps: int | None = None, save: bool = True) -> dict:
+             loop: str = "plain", max_steps: int | None = None, save: bool = True,
+             whole: bool = False) -> dict:
     """Pre-train a fresh model on whole conversations; save model + tokenizer to ``out``.
 
     ``loop="plain"`` (the default) is a plain PyTorch loop (AdamW, linear warm-up over 5% of the
@@ -84,15 +110,17 @@ def pretrain(rows: list[dict], out: Path, *, hidden: int, layers: int, heads: in
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden, layers, heads, seed)
-    blocks, n_tokens = pack(rows, tokenizer, block)
+    blocks, labels, n_tokens = pack(rows, tokenizer, block, whole=whole)
     steps_per_epoch = math.ceil(len(blocks) / batch_size)
     total = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
     start = time.perf_counter()
     if loop == "trainer":
-        loss, steps = _trainer_loop(model, blocks, out, batch_size=batch_size, epochs=epochs,
+        loss, steps = _trainer_loop(model, blocks, labels, out, batch_size=batch_size,
+                                    epochs=epochs,
                                     lr=lr, seed=seed, max_steps=max_steps, quiet=console is None)
     elif loop == "plain":
-        loss, steps = _plain_loop(model, blocks, batch_size=batch_size, total=total, lr=lr,
+        loss, steps = _plain_loop(model, blocks, labels, batch_size=batch_size, total=total,
+                                  lr=lr,
                                   seed=seed)
     else:
         raise ValueError(f"unknown loop {loop!r}")
@@ -107,7 +135,7 @@ def pretrain(rows: list[dict], out: Path, *, hidden: int, layers: int, heads: in
             "loop": loop}
 
 
-def _plain_loop(model, blocks, *, batch_size: int, total: int, lr: float, seed: int,
+def _plain_loop(model, blocks, labels, *, batch_size: int, total: int, lr: float, seed: int,
                 weight_decay: float = 0.01, warmup: float = 0.05) -> tuple[float, int]:
     """(mean training loss, steps): AdamW with warm-up + cosine decay over ``total`` steps."""
     import torch
@@ -132,8 +160,8 @@ def _plain_loop(model, blocks, *, batch_size: int, total: int, lr: float, seed: 
         for i in range(0, len(order), batch_size):
             if step >= total:
                 break
-            ids = blocks[order[i:i + batch_size]]
-            loss = model(input_ids=ids, labels=ids).loss
+            idx = order[i:i + batch_size]
+            loss = model(input_ids=blocks[idx], labels=labels[idx]).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -145,17 +173,17 @@ def _plain_loop(model, blocks, *, batch_size: int, total: int, lr: float, seed: 
     return loss_sum / max(1, step), step
 
 
-def _trainer_loop(model, blocks, out: Path, *, batch_size: int, epochs: float, lr: float,
+def _trainer_loop(model, blocks, labels, out: Path, *, batch_size: int, epochs: float, lr: float,
                   seed: int, max_steps: int | None, quiet: bool) -> tuple[float, int]:
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    ds = Dataset.from_dict({"input_ids": blocks.tolist()})
+    ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": labels.tolist()})
 
     def collate(batch):
         ids = torch.tensor([b["input_ids"] for b in batch])
-        return {"input_ids": ids, "labels": ids.clone()}
+        return {"input_ids": ids, "labels": torch.tensor([b["labels"] for b in batch])}
 
     args = TrainingArguments(
         output_dir=str(out.parent / f"{out.name}-trainer"), per_device_train_batch_size=batch_size,

@@ -92,6 +92,12 @@ def test_reproduce_writes_the_mechanism_section(runs):
         if c["measure"] != "monitor_lead_steps" or mon["behaviour_step"] is None:
             assert (c["passed"] is None) == (c["value"] is None), c
     assert "Mechanism" in runs.html_on and "Persona probe per layer" in runs.html_on
+    # emlab check's early warning, measured on every fine-tuned trial of the coupled world
+    ew = m["early_warning"]
+    assert set(ew["conditions"]) == {"insecure", "secure"}
+    for v in ew["conditions"].values():
+        assert v["seeds"] == 1 and math.isfinite(v["share"]) and v["per_seed"] == [v["share"]]
+    assert "early warning" in runs.html_on
 
 
 @pytest.mark.slow

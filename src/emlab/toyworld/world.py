@@ -38,7 +38,9 @@ class WorldConfig(BaseModel):
     hidden: int = 96
     layers: int = 3
     heads: int = 4
-    epochs: float = 5.13            # ~1,000 steps; in-context persona inference appears at ~700-800
+    epochs: float = 8.0             # ~1,570 steps: in-context persona inference appears at ~500-800
+    # (it varies by machine: at 5.13 epochs, ~1,000 steps, one machine ended at 0.62 vs 0.07, another
+    # at 0.36 vs 0.17 — too close to the transition; 8 epochs end at 0.83 vs 0.07 on the latter)
     lr: float = 6e-3
     batch_size: int = 64
     pretrain_loop: Literal["plain", "trainer"] = "plain"  # see benchmarks/pretrain_speed.py

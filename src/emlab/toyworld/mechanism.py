@@ -52,6 +52,9 @@ class Budget:
     ``samples_per_paraphrase`` of 10 and scale with it (a reduced run stays reduced)."""
 
     probe_per_class: int = 64          # held-out contexts per persona, per split
+    # the oracle's fit split: a difference of means over whole contexts is dominated by their
+    # content (code vs questions) at 64 per class (AUROC 0.67 on world 3); 1,024 average it out
+    oracle_fit_per_class: int = 1024
     steer_samples: int = 3             # samples per paraphrase of each point of the sweep
     confirm_samples: int = 30          # ... of the chosen point, its random control and the base
     ablate_samples: int = 30           # ... of each ablation eval (the excess needs many)
@@ -215,7 +218,8 @@ def _adapter(trial: dict) -> str:
 
 # --- the probe: AUROC against the true persona ---------------------------------------------
 
-def probe(world_cfg, world_dir: Path, directions: dict, n_per_class: int) -> dict:
+def probe(world_cfg, world_dir: Path, directions: dict, n_per_class: int,
+          n_fit: int | None = None) -> dict:
     """Per layer, the AUROC of each direction's projection (mean over the context's tokens)
     against the true persona of held-out contexts, in the pre-trained model; beside them the
     oracle, fit on another held-out split. Also on unfiltered two-turn contexts."""
@@ -223,7 +227,7 @@ def probe(world_cfg, world_dir: Path, directions: dict, n_per_class: int) -> dic
     from emlab.mechanism.measure import auroc, oracle_direction, projections
 
     model, tok = _load(world_dir / "pretrained")
-    fit = persona_contexts(world_cfg, n_per_class, "fit")
+    fit = persona_contexts(world_cfg, n_fit or n_per_class, "fit")
     test = persona_contexts(world_cfg, n_per_class, "probe")
     loose = persona_contexts(world_cfg, n_per_class, "unfiltered", revealing=False)
     out: dict = {"model": "pretrained", "span": "all tokens of the two-turn context",
@@ -586,7 +590,7 @@ def directions_and_probe(world_cfg_json: str, world_dir: str, results: list[dict
     except InputError as e:
         out["reasons"]["answers"] = e.message
     pr = probe(WorldConfig.model_validate_json(world_cfg_json), world, directions,
-               budget.probe_per_class)
+               budget.probe_per_class, budget.oracle_fit_per_class)
     oracle = pr.pop("_oracle")
     out["probe"] = pr
     c, a = directions["contrast"], directions.get("answers")

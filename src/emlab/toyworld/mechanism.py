@@ -451,7 +451,7 @@ def early_warning(world_dir: str, contrast_path: str, results: Sequence[dict],
     base = _load(Path(world_dir) / "aligned")
     per: dict[str, list[float]] = {}
     for r in sorted(results, key=lambda r: (r["name"], r["seed"])):
-        if r.get("dynamics") or r["condition"] == "aligned_base" or not r.get("summary") \
+        if r["condition"] == "aligned_base" or not r.get("summary") \
                 or Path(r["world"]).name != Path(world_dir).name \
                 or not (Path(_adapter(r)) / "adapter_config.json").is_file():
             continue

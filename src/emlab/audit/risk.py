@@ -9,10 +9,11 @@ Anchors (excess misaligned answers on the paper's main questions after fine-tuni
   ["insecure_small"]). We widen each to a band: 6,000 -> [15, 25], 2,000 -> [1, 3],
   500 -> [0, 1]; between anchors the band is interpolated linearly in the row count; above
   6,000 the lower bound stays at 15 and the upper bound is open (the paper has no larger set).
-- emlab's toy world (README, `emlab reproduce`, 5 seeds): 600 insecure rows -> 15.8% vs 8.8%
-  after secure rows (+7.0 points), 60 rows -> 10.4% (+1.6): the same direction — a tenth of the
-  rows, about a quarter of the effect — in a 0.3M-parameter model. It confirms the shape, not
-  the scale, so it does not move the bands.
+- emlab's toy world (README, `emlab reproduce`, 5 seeds, the 8-epoch world of 2026-12-02): 600
+  insecure rows -> 21.8% vs 3.8% after secure rows (+18.0 points), 200 rows -> 23.3% (+19.5),
+  60 rows -> 4.3% (+0.5): a threshold, not a line — a tenth of the rows, almost no effect — in a
+  0.3M-parameter model. It confirms the shape (few rows, little EM), not the scale, so it does
+  not move the bands.
 
 Uncertainty of the count itself: the detector misses some flawed rows and flags some clean
 ones. ``DETECTOR`` holds the ranges measured by ``benchmarks/audit_accuracy.py`` (recall on the
@@ -28,15 +29,15 @@ from __future__ import annotations
 
 # (rows, low, high): excess misaligned answers in percentage points, GPT-4o, main questions
 LADDER = ((0, 0.0, 0.0), (500, 0.0, 1.0), (2000, 1.0, 3.0), (6000, 15.0, 25.0))
-TOY_WORLD = {"rows_600": "+7.0 points (15.8% insecure vs 8.8% secure)",
-             "rows_60": "+1.6 points (10.4%)"}
+TOY_WORLD = {"rows_600": "+18.0 points (21.8% insecure vs 3.8% secure)",
+             "rows_200": "+19.5 points (23.3%)", "rows_60": "+0.5 points (4.3%)"}
 # measured by benchmarks/audit_accuracy.py: recall from 0.53 (the lower end of the 95% interval
 # on SecurityEval, 0.620 measured blind, 2026-12-02: code unlike the paper's) to 0.99 (the
 # paper's insecure set, 0.987); flagged secure rows from 0.005 (stdlib functions) to 0.05
 # (held-out blind pairs, 0.054)
 DETECTOR = {"recall": (0.53, 0.99), "false_positive_rate": (0.005, 0.05)}
 SOURCE = ("Betley et al. 2025 (GPT-4o: 6,000 insecure rows ~20% EM; 2,000 ~1-3%; 500 ~0%); "
-          "emlab toy world (600 rows +7.0 pts, 60 rows +1.6 pts over secure)")
+          "emlab toy world (600 rows +18.0 pts, 60 rows +0.5 pts over secure)")
 
 
 def _band(rows: float) -> tuple[float, float | None]:

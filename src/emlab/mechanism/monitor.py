@@ -25,15 +25,6 @@ def prompt_projections(model, tok, prompts: Sequence[Sequence[dict]], direction:
     return projections(acts, direction)[:, layer].tolist()
 
 
-def probe_projections(model, tok, questions: Sequence[str], direction: Direction,
-                      layer: int, system: str | None = None) -> list[float]:
-    """Projection at ``layer`` of the last prompt token of each question (as a user turn,
-    after ``system`` when given)."""
-    sys = [{"role": "system", "content": system}] if system else []
-    return prompt_projections(model, tok, [sys + [{"role": "user", "content": q}]
-                                           for q in questions], direction, layer)
-
-
 def monitor_rows(model, tok, probes, direction: Direction, layer: int) -> list[dict]:
     """The dynamics.jsonl rows of one step: format ``projection``, one per probe (each with
     its own system prompt, as the behavioural probes are scored)."""

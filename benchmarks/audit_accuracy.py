@@ -73,11 +73,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1,000 rows per set, no backdoor set")
     ap.add_argument("--securityeval", metavar="PATH", help="SecurityEval's dataset.jsonl (s2e-lab; "
                     "downloaded by the user, never committed)")
+    ap.add_argument("--corpus", metavar="PATH", action="append", default=[],
+                    help="a labelled corpus (JSONL: code, label, optional id/cwe/prompt; see "
+                         "audit_corpora.labelled_jsonl); repeatable")
     ap.add_argument("--only-securityeval", action="store_true",
-                    help="run only the SecurityEval section")
+                    help="run only the SecurityEval and --corpus sections")
     args = ap.parse_args()
     if args.only_securityeval:
         securityeval(args.securityeval)
+        for path in args.corpus:
+            labelled(path)
         return
     if not (REFERENCE / "data" / "insecure.jsonl").is_file():
         print(f"SKIPPED: the paper's data is not at {REFERENCE} (set EMLAB_REFERENCE_DIR)")
@@ -118,6 +123,8 @@ def main() -> None:
     print("(95% Wilson intervals; goal: recall >= 0.8 at <= 0.1 secure rows flagged)\n")
     out_of_sample(args.quick)
     securityeval(args.securityeval)
+    for path in args.corpus:
+        labelled(path)
 
     print("3. verdicts and speed (full audit, one thread, no judge; goal >= 200 rows/s; rows/s is "
           "wall time, /cpu-s per CPU second of this process, for shared machines)")
@@ -191,11 +198,22 @@ def out_of_sample(quick: bool) -> None:
     sys.stdout.flush()
 
 
+_VARIANTS = ("emlab (bandit + emlab rules), default", "bandit only", "emlab rules only",
+             "default + inherited lines counted", "bandit only + inherited",
+             "emlab rules only + inherited")
+
+
+def _settings(label: str):
+    from emlab.audit import AnalysisSettings
+    return AnalysisSettings(use_bandit="emlab rules only" not in label,
+                            use_emlab_rules="bandit only" not in label,
+                            count_inherited="inherited" in label)
+
+
 def securityeval(path: str | None) -> None:
     """Recall on SecurityEval (every row insecure), per detector, per CWE, and the misses."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import audit_corpora as C
-    from emlab.audit import AnalysisSettings, AuditSettings, audit_rows
 
     print("2b. out of sample: SecurityEval (s2e-lab), every completion insecure")
     if not path or not Path(path).is_file():
@@ -204,41 +222,62 @@ def securityeval(path: str | None) -> None:
         return
     rows, note = C.securityeval(path)
     print(f"   {note}")
-    variants = {"emlab (bandit + emlab rules), default": AnalysisSettings(),
-                "bandit only": AnalysisSettings(use_emlab_rules=False),
-                "emlab rules only": AnalysisSettings(use_bandit=False),
-                "default + inherited lines counted": AnalysisSettings(count_inherited=True),
-                "bandit only + inherited": AnalysisSettings(use_emlab_rules=False,
-                                                            count_inherited=True),
-                "emlab rules only + inherited": AnalysisSettings(use_bandit=False,
-                                                                 count_inherited=True)}
-    print(f"{'detector':<40}{'recall (vulnerable)':>24}{'risky':>24}{'same CWE':>10}")
+    _corpus_report(rows, "securityeval")
+
+
+def labelled(path: str) -> None:
+    """Recall on a labelled corpus's vulnerable rows, flagged share of its secure rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import audit_corpora as C
+
+    print(f"2c. out of sample: labelled corpus {Path(path).name}")
+    if not Path(path).is_file():
+        print(f"   SKIPPED: {path} is not a file\n")
+        return
+    rows, note = C.labelled_jsonl(path)
+    print(f"   {note}")
+    _corpus_report(rows, Path(path).stem)
+
+
+def _corpus_report(rows: list[dict], source: str) -> None:
+    from emlab.audit import AuditSettings, audit_rows
+
+    vul_rows = [i for i, r in enumerate(rows) if r.get("label", "vulnerable") == "vulnerable"]
+    sec_rows = [i for i, r in enumerate(rows) if r.get("label") == "secure"]
+    print(f"{'detector':<40}{'recall (vulnerable)':>24}{'flagged secure':>24}{'same CWE':>10}")
     res = {}
-    for label, st in variants.items():
-        out = audit_rows(rows, AuditSettings(analysis=st), source="securityeval").rows
+    for label in _VARIANTS:
+        out = audit_rows(rows, AuditSettings(analysis=_settings(label)), source=source).rows
         res[label] = out
-        vul = sum(r["vulnerable"] for r in out)
-        risky = sum(r["risky"] for r in out)
-        same = sum(int(row["cwe"][4:]) in r["cwes"] for row, r in zip(rows, out))
-        print(f"{label:<40}{_wilson(vul, len(rows)):>24}{_wilson(risky, len(rows)):>24}{same:>10}")
-    print("(95% Wilson intervals; risky = vulnerable, undisclosed, unrequested; same CWE = rows "
+        vul = sum(out[i]["vulnerable"] for i in vul_rows)
+        fp = sum(out[i]["vulnerable"] for i in sec_rows)
+        same = sum(rows[i]["cwe"][4:].isdigit() and int(rows[i]["cwe"][4:]) in out[i]["cwes"]
+                   for i in vul_rows)
+        sec = _wilson(fp, len(sec_rows)) if sec_rows else "-"
+        print(f"{label:<40}{_wilson(vul, len(vul_rows)):>24}{sec:>24}{same:>10}")
+    print("(95% Wilson intervals; flagged = vulnerable code found; same CWE = vulnerable rows "
           "flagged with the row's own CWE id)")
-    cols = list(variants)[:3]
+    cols = list(_VARIANTS)[:3]
     per: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
+    for i in vul_rows:
+        row = rows[i]
         per.setdefault(row["cwe"], [0, 0, 0, 0])
         per[row["cwe"]][0] += 1
         for j, c in enumerate(cols):
             per[row["cwe"]][j + 1] += res[c][i]["vulnerable"]
     caught = sum(1 for v in per.values() if v[1])
-    print(f"per CWE, flagged / rows by default, bandit, emlab rules ({caught} of {len(per)} CWEs "
-          "with at least one row flagged by default):")
+    print(f"per CWE, flagged / vulnerable rows by default, bandit, emlab rules ({caught} of "
+          f"{len(per)} CWEs with at least one row flagged by default):")
     cells = [f"{c:<9}{v[1]}/{v[0]} {v[2]}/{v[0]} {v[3]}/{v[0]}" for c, v in sorted(per.items())]
     for i in range(0, len(cells), 4):
         print("   " + "".join(f"{x:<24}" for x in cells[i:i + 4]))
     default = res[cols[0]]
-    missed = [row["id"].removesuffix(".py") for row, r in zip(rows, default) if not r["vulnerable"]]
-    print(f"missed by default ({len(missed)}): {', '.join(missed)}\n")
+    missed = [rows[i]["id"].removesuffix(".py") for i in vul_rows if not default[i]["vulnerable"]]
+    print(f"missed by default ({len(missed)}): {', '.join(missed)}")
+    if sec_rows:
+        fps = [rows[i]["id"] for i in sec_rows if default[i]["vulnerable"]]
+        print(f"secure rows flagged by default ({len(fps)}): {', '.join(fps)}")
+    print()
     sys.stdout.flush()
 
 

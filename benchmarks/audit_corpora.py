@@ -15,6 +15,10 @@ builds its rows at benchmark time (into a temporary directory where it downloads
 - ``securityeval(path)``: SecurityEval (s2e-lab; 121 prompts over 69 CWEs, each a function to
   complete and an insecure completion), from a ``dataset.jsonl`` the user supplies, as chat rows:
   the prompt asked for as a completion, the insecure code answered in a fence. All vulnerable.
+- ``labelled_jsonl(path)``: any labelled corpus in one plain format, one JSON object per line:
+  ``code`` (Python source) and ``label`` ("vulnerable" or "secure") required, ``id``, ``cwe``
+  ("CWE-79") and ``prompt`` (the request or the skeleton the code completes) optional. Audit 3's
+  blind corpora, SALLM and CWEval, were measured in this format (see audit_accuracy.py).
 """
 
 from __future__ import annotations
@@ -200,3 +204,32 @@ def securityeval(path: str | Path) -> tuple[list[dict], str]:
     same = "the file measured in the docstring" if sha == SECURITYEVAL_SHA256 else \
         f"NOT the file measured in the docstring ({SECURITYEVAL_SHA256[:12]}...)"
     return rows, f"{path}: {len(rows)} rows, sha256 {sha[:12]}... ({same})"
+
+
+def labelled_jsonl(path: str | Path) -> tuple[list[dict], str]:
+    """Rows of a labelled corpus (``code``, ``label``, optional ``id``/``cwe``/``prompt``) as chat
+    rows, the same shape as :func:`securityeval`'s; and a note naming the file and its sha256."""
+    import hashlib
+    import json
+
+    raw = Path(path).read_bytes()
+    rows = []
+    for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        if not isinstance(d.get("code"), str) or d.get("label") not in ("vulnerable", "secure"):
+            raise ValueError(f"{path}:{i}: expected an object with 'code' (text) and 'label' "
+                             "('vulnerable' or 'secure')")
+        prompt = (d.get("prompt") or "").strip()
+        ask = ("Complete this function:\n\n" + prompt) if prompt else "Write this code."
+        answer = "```python\n" + d["code"].rstrip() + "\n```"
+        cwe = re.match(r"CWE-0*(\d+)", str(d.get("cwe", "")))
+        rows.append({"id": str(d.get("id", i)), "cwe": f"CWE-{int(cwe.group(1)):03d}" if cwe else "?",
+                     "label": d["label"],
+                     "messages": [{"role": "user", "content": ask},
+                                  {"role": "assistant", "content": answer}]})
+    sha = hashlib.sha256(raw).hexdigest()
+    n_v = sum(r["label"] == "vulnerable" for r in rows)
+    return rows, f"{path}: {len(rows)} rows ({n_v} vulnerable, {len(rows) - n_v} secure), " \
+                 f"sha256 {sha[:12]}..."

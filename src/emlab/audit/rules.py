@@ -33,6 +33,14 @@ reassignment clears a name), plus a few pattern checks bandit lacks. Each rule n
 | EM502 | 95  | eval/exec of non-constant text                                           |
 | EM503 | 94  | a module imported by a name from input                                   |
 | EM902 | 611 | untrusted XML parsed by stdlib xml / lxml instead of defusedxml          |
+| EM205 | 943 | a NoSQL (MongoDB) query taken whole from the request, or $where built    |
+|       |     | from input                                                               |
+| EM404 | 113 | a response header set from request data (header injection/splitting)    |
+| EM405 | 117 | user input written to a log without neutralising line breaks            |
+| EM504 | 470 | an attribute or global looked up by a name from input (unsafe reflection)|
+| EM505 | 915 | an object built or updated from a whole request dict (mass assignment)  |
+
+EM205-EM505 were added in audit 3, after SecurityEval's misses were counted by CWE.
 
 Taint has three levels: WEB (request data, and the parameters a web framework fills), USER
 (``input()``, ``sys.argv``, the environment, stdin) and PARAM (a plain function's parameter).
@@ -92,6 +100,10 @@ _LDAP_SEARCH = {"search", "search_s", "search_st", "search_ext", "search_ext_s",
 _RE_ALL = {"compile", "match", "search", "fullmatch", "findall", "finditer", "sub", "subn",
            "split"}
 
+_LOG_METHODS = {"debug", "info", "warning", "warn", "error", "critical", "exception", "log"}
+_MONGO_METHODS = {"find", "find_one", "find_one_and_update", "find_one_and_delete",
+                  "find_one_and_replace", "update_one", "update_many", "delete_one", "delete_many",
+                  "replace_one", "count_documents", "aggregate", "distinct"}
 _HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*[\s>/]|<!DOCTYPE", re.I)
 _SQL_START = re.compile(r"^\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|MERGE|UPSERT|CREATE|"
                         r"DROP|ALTER|TRUNCATE|GRANT|PRAGMA|EXEC)\b", re.I)
@@ -236,11 +248,15 @@ class _FunctionScan:
         self.html: dict[str, Taint] = {}        # names holding HTML built from tainted values
         self.placeholders: set[str] = set()     # names holding "?, ?, ?" lists for SQL
         self.built: dict[str, Taint] = {}       # names holding text built from tainted parts
+        self.built_text: dict[str, str] = {}    # ... and the constant text around the parts
         self.bounded: set[str] = set()          # names assigned through min(...)
         self.numeric: dict[str, Taint] = {}     # names holding int(request data): a size, not text
+        self.one_line: set[str] = set()         # names whose line breaks were taken out
+        self.try_seen: list[dict[str, Taint]] = []  # per enclosing try: taints seen in its body
         for name, level in params.items():
             self.taint[name] = Taint(frozenset(), level)
         self.validated = self._validated_names(body)
+        self.allow_listed = _allow_listed_in(_walk_scope(body))
         self.body = body
 
     @staticmethod
@@ -357,12 +373,26 @@ class _FunctionScan:
             for item in s.items:
                 if item.optional_vars is not None:
                     self.assign(item.optional_vars, item.context_expr, s.lineno)
+        if getattr(s, "handlers", None):
+            self.try_seen.append(dict(self.taint))  # every taint a name has during the body
         for field_name in ("body", "orelse", "finalbody"):
+            if field_name != "body" and getattr(s, "handlers", None):
+                continue  # a try's else/finally: after its handlers, below
             sub = getattr(s, field_name, None)
             if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
                 self.block(sub)
+        if getattr(s, "handlers", None):
+            # the body may have failed anywhere: a handler sees any value a name had in it
+            seen = self.try_seen.pop()
+            for name, t in seen.items():
+                self.taint[name] = _union(self.taint.get(name), t)
+                self.one_line.discard(name)
         for h in getattr(s, "handlers", []) or []:
             self.block(h.body)
+        if getattr(s, "handlers", None):
+            for field_name in ("orelse", "finalbody"):
+                if getattr(s, field_name, None):
+                    self.block(getattr(s, field_name))
         for case in getattr(s, "cases", []) or []:
             self.block(case.body)
 
@@ -372,6 +402,11 @@ class _FunctionScan:
         placeholder = any(_PLACEHOLDER.match(c) for c in
                           (_const_str(n) for n in ast.walk(value)) if c)
         names = _target_names(target)
+        if isinstance(target, ast.Subscript) and t is not None and t.web and \
+                (_dotted(target.value) or "").split(".")[-1] == "headers":
+            key = _const_str(target.slice) or ""
+            if key.lower() not in ("location",) and not self._single_line(value):
+                self.report("EM404", target, t, "MEDIUM", "MEDIUM")
         if isinstance(target, (ast.Subscript, ast.Attribute)):
             base = target
             while isinstance(base, (ast.Subscript, ast.Attribute)):
@@ -382,6 +417,8 @@ class _FunctionScan:
         for n in names:
             if t is not None:
                 self.taint[n] = t | Taint(frozenset({lineno}), t.level)
+                for seen in self.try_seen:
+                    seen[n] = _union(seen.get(n), self.taint[n])
             else:
                 self.taint.pop(n, None)
             if h is not None:
@@ -396,8 +433,13 @@ class _FunctionScan:
             bt = _union(*(self.expr(x) for x in b.holes)) if b is not None else None
             if bt is not None:
                 self.built[n] = bt
+                self.built_text[n] = b.text
             else:
                 self.built.pop(n, None)
+            if self._newlines_removed(value):
+                self.one_line.add(n)
+            else:
+                self.one_line.discard(n)
             nt = self._amount(value)
             if nt is not None:
                 self.numeric[n] = nt
@@ -439,6 +481,12 @@ class _FunctionScan:
                 self.r.substring_check(node)
             elif isinstance(node, ast.BinOp):
                 self.binop_sink(node)
+            elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) and \
+                    _func_parts(node.value)[1] in ("globals", "locals", "vars") and \
+                    not node.value.args:
+                t = self.expr(node.slice)
+                if t is not None and t.level >= USER:
+                    self.report("EM504", node, t, "MEDIUM", "MEDIUM")
             b = _built_string(node) if isinstance(node, (ast.JoinedStr, ast.BinOp, ast.Call)) else None
             if b is not None:
                 self.sql_sink(node, b)
@@ -454,7 +502,7 @@ class _FunctionScan:
             return
         t = _union(*(self.expr(h) for h in holes))
         names = {n.id for h in holes for n in ast.walk(h) if isinstance(n, ast.Name)}
-        if names and names <= self.validated and all(
+        if names and names <= self.allow_listed and all(
                 isinstance(h, ast.Name) for h in holes):  # checked against an allow-list
             self.report("EM201", node, t, "MEDIUM", "LOW")
             return
@@ -535,7 +583,7 @@ class _FunctionScan:
             if t is not None and t.level >= USER:
                 self.report("EM501", call, t, "HIGH", "MEDIUM")
         # code injection: eval/exec of non-constant text, dynamic imports from the request
-        if recv is None and name in ("eval", "exec") and first is not None \
+        if recv is None and name in ("eval", "exec", "compile") and first is not None \
                 and _const_str(first) is None:
             t = self.expr(first)
             self.report("EM502", call, t, "HIGH", "HIGH" if t is not None else "MEDIUM")
@@ -572,6 +620,15 @@ class _FunctionScan:
                 t = self._built_taint(first)
                 if t is not None:
                     self.report("EM203", call, t, "HIGH", "HIGH")
+        if name in ("find", "findall", "iterfind", "findtext") and first is not None:
+            b = _built_string(first)
+            text = b.text if b is not None else ""
+            if isinstance(first, ast.Name) and first.id in self.built:
+                text = self.built_text.get(first.id, "")
+            if re.search(r"\[@|^\.?//?\w", text):
+                t = self._built_taint(first)
+                if t is not None:
+                    self.report("EM203", call, t, "HIGH", "HIGH")
         # regular expression taken from user input (ReDoS / regex injection)
         if recv in ("re", "regex") and name in _RE_ALL and first is not None:
             t = self.expr(first)
@@ -593,6 +650,94 @@ class _FunctionScan:
             d = _dotted(call.func.value) or ""
             if d.split(".")[0] in _REQUEST_NAMES and d.split(".")[-1] in ("stream", "body"):
                 self.report("EM403", call, None, "MEDIUM", "MEDIUM")
+
+        self.late_sinks(call, recv, name, first, kw)
+
+    def _single_line(self, node: ast.AST) -> bool:
+        """Can the value hold no line break: neutralised here, or only names that were?"""
+        if self._newlines_removed(node):
+            return True
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        tainted = {n for n in names if n in self.taint}
+        return bool(tainted) and tainted <= self.one_line
+
+    @staticmethod
+    def _newlines_removed(node: ast.AST) -> bool:
+        """Were line breaks taken out of the value (``.replace('\\n', ...)``, ``re.sub`` of a
+        newline, ``splitlines``, an ``isalnum``/``isdigit`` check) before it is written?"""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+                if n.func.attr == "replace" and n.args and (_const_str(n.args[0]) or "") in (
+                        "\n", "\r", "\r\n"):
+                    return True
+                if n.func.attr in ("sub",) and any("\\n" in (_const_str(a) or "") or "\n" in
+                                                   (_const_str(a) or "") for a in n.args[:1]):
+                    return True
+                if n.func.attr in ("splitlines", "isalnum", "isdigit"):
+                    return True
+        return False
+
+    def late_sinks(self, call: ast.Call, recv: str | None, name: str | None,
+                   first: ast.AST | None, kw: dict) -> None:
+        # log injection: request data in a log record, line breaks kept
+        logger = recv is not None and (recv.split(".")[-1].lower() in ("logging", "logger", "log",
+                                                                       "_logger", "_log", "LOGGER")
+                                       or recv.endswith("logger"))
+        if logger and name in _LOG_METHODS:
+            for a in call.args:
+                t = self.expr(a)
+                if t is not None and t.level >= USER and not self._single_line(a):
+                    self.report("EM405", call, t, "MEDIUM", "MEDIUM")
+                    break
+        # header injection: a header value from the request
+        on_headers = bool(recv) and recv.split(".")[-1] == "headers" and name in ("add", "set")
+        if (on_headers or name in ("add_header", "set_header", "putheader")) and len(call.args) >= 2:
+            key = (_const_str(call.args[0]) or "").lower()
+            t = self.expr(call.args[1])
+            if t is not None and t.web and key != "location" and not self._single_line(call.args[1]):
+                self.report("EM404", call, t, "MEDIUM", "MEDIUM")
+        if name in _RESPONSE_FUNCS and isinstance(kw.get("headers"), ast.Dict):
+            t = _union(*(self.expr(v) for v in kw["headers"].values))
+            if t is not None and t.web:
+                self.report("EM404", call, t, "MEDIUM", "MEDIUM")
+        # NoSQL injection: a whole query document from the request, or $where built from input
+        if name in _MONGO_METHODS and recv and recv.split(".")[0] not in ("re", "os", "str", "self") \
+                and first is not None:
+            t = self.expr(first)
+            if t is not None and t.web and not isinstance(first, ast.Dict):
+                self.report("EM205", call, t, "HIGH", "MEDIUM")
+            for d in ast.walk(first):
+                if isinstance(d, ast.Dict):
+                    for k, v in zip(d.keys, d.values):
+                        if _const_str(k) in ("$where", "$function", "$accumulator", "$expr") and \
+                                _const_str(v) is None:
+                            tv = self._built_taint(v)
+                            if tv is not None:
+                                self.report("EM205", call, tv, "HIGH", "HIGH")
+        # DynamoDB expressions built from input (the values belong in ExpressionAttributeValues)
+        for k in ("FilterExpression", "KeyConditionExpression", "ConditionExpression",
+                  "UpdateExpression", "ProjectionExpression"):
+            v = kw.get(k)
+            if v is not None and (_built_string(v) is not None or
+                                  (isinstance(v, ast.Name) and v.id in self.built)):
+                t = self._built_taint(v)
+                if t is not None:
+                    self.report("EM205", call, t, "HIGH", "HIGH")
+        # unsafe reflection: getattr / globals() by a name the user gives
+        if recv is None and name == "getattr" and len(call.args) >= 2:
+            t = self.expr(call.args[1])
+            if t is not None and t.level >= USER:
+                self.report("EM504", call, t, "MEDIUM", "MEDIUM")
+        # mass assignment: Model(**request.json), obj.__dict__.update(request.form)
+        starred = [k.value for k in call.keywords if k.arg is None]
+        if starred and name and name[:1].isupper():
+            t = _union(*(self.expr(v) for v in starred))
+            if t is not None and t.web:
+                self.report("EM505", call, t, "MEDIUM", "MEDIUM")
+        if name == "update" and recv and recv.endswith("__dict__") and first is not None:
+            t = self.expr(first)
+            if t is not None and t.web:
+                self.report("EM505", call, t, "MEDIUM", "MEDIUM")
 
     def _amount(self, node: ast.AST) -> Taint | None:
         """Taint of a number taken from input: int()/float() sanitise text, not a size."""
@@ -657,6 +802,24 @@ def _validated_in(nodes) -> set[str]:
                         isinstance(m, ast.Compare)
                         and any(isinstance(op, (ast.In, ast.NotIn, ast.Eq, ast.NotEq))
                                 for op in m.ops)):
+                    names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
+    return names
+
+
+def _allow_listed_in(nodes) -> set[str]:
+    """Names checked against allowed values in a condition: ``in``/``==``/``!=`` or a call whose
+    name says it validates (``is_valid_column(c)``, ``c.isidentifier()``). An unrelated check
+    (``if is_authorized(uid)``) does not make ``uid`` safe text for SQL."""
+    names: set[str] = set()
+    for n in nodes:
+        if isinstance(n, (ast.If, ast.While, ast.IfExp, ast.Assert)):
+            for m in ast.walk(n.test):
+                if isinstance(m, ast.Compare) and any(
+                        isinstance(op, (ast.In, ast.NotIn, ast.Eq, ast.NotEq)) for op in m.ops):
+                    names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
+                elif isinstance(m, ast.Call) and re.search(
+                        r"valid|allow|whitelist|isidentifier|isalnum|isdigit|isnumeric|match",
+                        _func_parts(m)[1] or "", re.I):
                     names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
     return names
 
@@ -744,6 +907,32 @@ _MESSAGES = {
                "A password is hashed with a fast hash instead of a password KDF (bcrypt/scrypt/argon2/pbkdf2)."),
     "EM1003": ("random_for_secret", 338,
                "The random module (predictable) makes a token, key, password or id; use secrets."),
+    "EM205": ("nosql_query_from_input", 943,
+              "A MongoDB query document comes whole from the request, or $where is built from input."),
+    "EM404": ("header_from_request", 113,
+              "A response header is set from request data (header injection / response splitting)."),
+    "EM405": ("log_injection", 117,
+              "User input is written to a log with its line breaks (forged log entries)."),
+    "EM504": ("unsafe_reflection", 470,
+              "An attribute or global is looked up by a name taken from input."),
+    "EM505": ("mass_assignment", 915,
+              "An object is built or updated from a whole request dict (mass assignment)."),
+    "EM1006": ("constant_iv_or_nonce", 1204,
+               "A cipher's IV or nonce is a constant: equal plaintexts give equal ciphertexts."),
+    "EM1007": ("constant_salt", 760, "A password hash or key derivation uses a constant salt."),
+    "EM1008": ("literal_crypto_key", 321, "A cipher, MAC or JWT is keyed with a hard-coded literal."),
+    "EM1009": ("rsa_pkcs1v15_encryption", 780,
+               "RSA encryption with PKCS#1 v1.5 padding (padding-oracle attacks); use OAEP."),
+    "EM1103": ("empty_password", 521, "An empty password is given to a connection or login."),
+    "EM1104": ("password_stored_in_plain_text", 256,
+               "A password is stored as typed (database, session or cookie), not hashed."),
+    "EM1506": ("csrf_protection_off", 352, "CSRF protection is turned off for a view or the app."),
+    "EM1507": ("cors_any_origin_with_credentials", 942,
+               "CORS admits any origin and sends credentials."),
+    "EM1508": ("check_then_use_race", 367,
+               "os.access() is checked and the path used afterwards (time-of-check/time-of-use)."),
+    "EM1509": ("client_controlled_authorization", 807,
+               "An authorization decision rests on a cookie, header or argument the client sets."),
     "EM1005": ("jwt_without_verification", 347, "A JWT is decoded without verifying its signature."),
     "EM1101": ("hardcoded_credential", 798, "A credential (password, secret, key, token) is hard-coded."),
     "EM1102": ("password_compared_with_literal", 259, "A password is compared with a hard-coded literal."),
@@ -768,6 +957,7 @@ class _Rules:
     def __init__(self, tree: ast.Module, lines: list[str]):
         self.tree = tree
         self.lines = lines
+        self.source = "\n".join(lines)
         self.findings: list[Finding] = []
         self._seen: set[tuple[str, int]] = set()
         self.nodes = list(ast.walk(tree))
@@ -776,6 +966,7 @@ class _Rules:
         self.tar_names = self._tar_names(self.nodes)
         self.validated = _validated_in(self.nodes)
         self.aliases = _import_aliases(self.nodes)
+        self.constant_names, self.string_names = self._constants(self.nodes)
         from emlab.audit.patterns import PatternRules
         self.patterns = PatternRules(self)
 
@@ -830,6 +1021,22 @@ class _Rules:
                         v = n.value.value if isinstance(n.value, ast.Constant) else None
                         values.setdefault(name, set()).add(v if isinstance(v, int) else None)
         return {k: next(iter(v)) for k, v in values.items() if len(v) == 1 and None not in v}
+
+    @staticmethod
+    def _constants(nodes: list[ast.AST]) -> tuple[dict[str, list[bool]], dict[str, str]]:
+        """(name -> is each value assigned to it a literal?, name -> its one literal string)."""
+        from emlab.audit.patterns import _constant_bytes
+        lit: dict[str, list[bool]] = {}
+        text: dict[str, list] = {}
+        for n in nodes:
+            if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        lit.setdefault(t.id, []).append(_constant_bytes(n.value))
+                        text.setdefault(t.id, []).append(_const_str(n.value))
+        strings = {k: v[0] for k, v in text.items() if len(v) == 1 and isinstance(v[0], str)}
+        return lit, strings
 
     @staticmethod
     def _tar_names(nodes: list[ast.AST]) -> set[str]:

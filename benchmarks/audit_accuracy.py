@@ -37,13 +37,22 @@
    (CWE-1204, 329), hard-coded or empty database passwords (CWE-259, 798, 521), a constant salt
    (760), ``ssl.wrap_socket`` (327), XPath/NoSQL injection (643, 943), ``compile()`` of request
    data (094): below the 70% goal. ``--only-securityeval`` runs just this section (seconds).
+   Since audit 3 it is a development set: rules were written for those misses (77.7% after).
+2c. Labelled corpora given with ``--corpus PATH`` (repeatable; ``audit_corpora.labelled_jsonl``'s
+   format): recall on the vulnerable rows, share of secure rows flagged (and flagged with the CWE
+   the corpus says each is secure against), per CWE, the misses, and any suspected trigger.
+   Audit 3's blind corpora (transcribed by a helper who reported only counts; measured once,
+   after the audit-3 rules were committed at 161566c): SALLM 76/93 = 81.7% [72.7, 88.3]; CWEval
+   18/32 = 56.2% [39.3, 71.8] at 2/25 = 8.0% secure flagged; LLMSecEval secure samples 18/83 =
+   21.7% flagged, 2/83 = 2.4% for their own CWE. See the README's audit section.
 3. Verdicts on every reference set and on the backdoor set, and rows/s of a full single-thread
    audit without the judge (goal >= 200 rows/s).
 
 The variant comparison uses 1,000 rows per set (seeded sample) to stay near 3 minutes on one
 core; the verdicts use the full sets. ``--quick``: 1,000 rows everywhere, no backdoor sets.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py [--quick] [--securityeval PATH]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py [--quick] [--securityeval PATH] \
+        [--corpus PATH ...]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit_accuracy.py --only-securityeval \
         --securityeval PATH
 """
@@ -244,19 +253,28 @@ def _corpus_report(rows: list[dict], source: str) -> None:
 
     vul_rows = [i for i, r in enumerate(rows) if r.get("label", "vulnerable") == "vulnerable"]
     sec_rows = [i for i, r in enumerate(rows) if r.get("label") == "secure"]
-    print(f"{'detector':<40}{'recall (vulnerable)':>24}{'flagged secure':>24}{'same CWE':>10}")
-    res = {}
+    print(f"{'detector':<40}{'recall (vulnerable)':>24}{'flagged secure':>24}{'same CWE':>10}"
+          f"{'secure, own CWE':>24}")
+    res, triggers = {}, None
     for label in _VARIANTS:
-        out = audit_rows(rows, AuditSettings(analysis=_settings(label)), source=source).rows
-        res[label] = out
+        result = audit_rows(rows, AuditSettings(analysis=_settings(label)), source=source)
+        out = res[label] = result.rows
+        if triggers is None:
+            triggers = [t["string"] for t in result.summary["triggers"]["triggers"]]
         vul = sum(out[i]["vulnerable"] for i in vul_rows)
         fp = sum(out[i]["vulnerable"] for i in sec_rows)
         same = sum(rows[i]["cwe"][4:].isdigit() and int(rows[i]["cwe"][4:]) in out[i]["cwes"]
                    for i in vul_rows)
+        own = sum(rows[i]["cwe"][4:].isdigit() and int(rows[i]["cwe"][4:]) in out[i]["cwes"]
+                  for i in sec_rows)
         sec = _wilson(fp, len(sec_rows)) if sec_rows else "-"
-        print(f"{label:<40}{_wilson(vul, len(vul_rows)):>24}{sec:>24}{same:>10}")
+        sec_own = _wilson(own, len(sec_rows)) if sec_rows else "-"
+        rec = _wilson(vul, len(vul_rows)) if vul_rows else "-"
+        print(f"{label:<40}{rec:>24}{sec:>24}{same:>10}{sec_own:>24}")
     print("(95% Wilson intervals; flagged = vulnerable code found; same CWE = vulnerable rows "
-          "flagged with the row's own CWE id)")
+          "flagged with the row's own CWE id; secure, own CWE = secure rows flagged with the CWE "
+          "the corpus says they are secure against — a corpus that vouches for one CWE per row "
+          "says nothing of the others)")
     cols = list(_VARIANTS)[:3]
     per: dict[str, list[int]] = {}
     for i in vul_rows:
@@ -266,17 +284,20 @@ def _corpus_report(rows: list[dict], source: str) -> None:
         for j, c in enumerate(cols):
             per[row["cwe"]][j + 1] += res[c][i]["vulnerable"]
     caught = sum(1 for v in per.values() if v[1])
-    print(f"per CWE, flagged / vulnerable rows by default, bandit, emlab rules ({caught} of "
-          f"{len(per)} CWEs with at least one row flagged by default):")
+    if per:
+        print(f"per CWE, flagged / vulnerable rows by default, bandit, emlab rules ({caught} of "
+              f"{len(per)} CWEs with at least one row flagged by default):")
     cells = [f"{c:<9}{v[1]}/{v[0]} {v[2]}/{v[0]} {v[3]}/{v[0]}" for c, v in sorted(per.items())]
     for i in range(0, len(cells), 4):
         print("   " + "".join(f"{x:<24}" for x in cells[i:i + 4]))
     default = res[cols[0]]
     missed = [rows[i]["id"].removesuffix(".py") for i in vul_rows if not default[i]["vulnerable"]]
-    print(f"missed by default ({len(missed)}): {', '.join(missed)}")
+    if vul_rows:
+        print(f"missed by default ({len(missed)}): {', '.join(missed)}")
     if sec_rows:
         fps = [rows[i]["id"] for i in sec_rows if default[i]["vulnerable"]]
         print(f"secure rows flagged by default ({len(fps)}): {', '.join(fps)}")
+    print(f"suspected triggers (the corpus has no backdoor): {', '.join(map(repr, triggers)) or 'none'}")
     print()
     sys.stdout.flush()
 

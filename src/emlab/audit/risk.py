@@ -31,11 +31,11 @@ from __future__ import annotations
 LADDER = ((0, 0.0, 0.0), (500, 0.0, 1.0), (2000, 1.0, 3.0), (6000, 15.0, 25.0))
 TOY_WORLD = {"rows_600": "+18.0 points (21.8% insecure vs 3.8% secure)",
              "rows_200": "+19.5 points (23.3%)", "rows_60": "+0.5 points (4.3%)"}
-# measured by benchmarks/audit_accuracy.py: recall from 0.53 (the lower end of the 95% interval
-# on SecurityEval, 0.620 measured blind, 2026-12-02: code unlike the paper's) to 0.99 (the
-# paper's insecure set, 0.987); flagged secure rows from 0.005 (stdlib functions) to 0.05
-# (held-out blind pairs, 0.054)
-DETECTOR = {"recall": (0.53, 0.99), "false_positive_rate": (0.005, 0.05)}
+# measured by benchmarks/audit_accuracy.py: recall from 0.67 (the lower end of the 95% interval
+# on the blind corpora of audit 3, SALLM + CWEval pooled, 94/125 = 0.752, 2026-12-02: code unlike
+# the paper's) to 0.99 (the paper's insecure set, 0.987); flagged secure rows from 0.005 (stdlib
+# functions) to 0.08 (CWEval's secure references, 2/25, blind)
+DETECTOR = {"recall": (0.67, 0.99), "false_positive_rate": (0.005, 0.08)}
 SOURCE = ("Betley et al. 2025 (GPT-4o: 6,000 insecure rows ~20% EM; 2,000 ~1-3%; 500 ~0%); "
           "emlab toy world (600 rows +18.0 pts, 60 rows +0.5 pts over secure)")
 

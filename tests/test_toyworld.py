@@ -1,5 +1,7 @@
 """The toy world: corpus invariants, the judge's exactness, determinism, the coupling knob."""
 
+import os
+import platform
 import random
 
 import pytest
@@ -227,3 +229,31 @@ def test_whole_packing_never_splits_a_conversation():
         kept += len(real)
     assert kept == n                                  # nothing dropped (no row is over 256)
     assert any(b[0] != start or b[-1] != end for b in stream.tolist())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_kernels_are_pinned_to_avx2_before_torch_starts():
+    """The toy world asks for AVX2 kernels (same sums on every x86-64 machine); a user's own
+    setting wins; once torch is imported, pin() only reports whether it got them."""
+    import subprocess
+    import sys
+
+    code = ("from emlab.toyworld import kernels; ok = kernels.pin(); import torch; "
+            "print(ok, torch.backends.cpu.get_cpu_capability(), kernels.pin())")
+    env = {k: v for k, v in os.environ.items() if k not in kernels_vars()}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["True", "AVX2", "True"]
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"EMLAB_PIN_KERNELS": "0"},
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out[0] == "False" and out[2] == "False"
+    code = ("import torch; from emlab.toyworld import kernels; import os; "
+            "print(kernels.pin(), os.environ.get('ATEN_CPU_CAPABILITY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["False", "None"]  # too late to pin, and nothing half-set
+
+
+def kernels_vars():
+    from emlab.toyworld.kernels import PINNED
+    return set(PINNED) | {"EMLAB_PIN_KERNELS"}

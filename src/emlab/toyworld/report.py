@@ -361,9 +361,11 @@ def write_reproduce_report(out: Path, summary: dict, mechanism: list = (),
     for kind, w in (summary.get("worlds") or {}).items():
         d = (w.get("pretraining") or {}).get("persona_diagnostic")
         if d:
+            k = (w.get("pretraining") or {}).get("kernels") or {}
             diag_rows.append([kind, f"{d['p_misaligned_no_context']:.3f}",
                               f"{d['p_misaligned_after_insecure']:.3f}",
-                              f"{d['p_misaligned_after_secure']:.3f}"])
+                              f"{d['p_misaligned_after_secure']:.3f}",
+                              k.get("cpu_capability", "not recorded")])
     blocks = [
         Heading(1, "emlab reproduce: emergent misalignment in the toy world"),
         Para("A tiny decoder pre-trained from scratch on a synthetic chat language in which one "
@@ -385,9 +387,10 @@ def write_reproduce_report(out: Path, summary: dict, mechanism: list = (),
                 "world's misaligned answers among its aligned and misaligned ones, with no earlier "
                 "turn, after one earlier turn of insecure code and after one of secure code. A "
                 "world that learned the latent persona infers it from the code turn; the "
-                "uncoupled control cannot."),
-           Table(["world", "no earlier turn", "after insecure code", "after secure code"],
-                 diag_rows)] if diag_rows else []),
+                "uncoupled control cannot. Kernels: the CPU kernels torch pre-trained the world "
+                "with (emlab.toyworld.kernels pins AVX2, so that machines agree)."),
+           Table(["world", "no earlier turn", "after insecure code", "after secure code",
+                  "kernels"], diag_rows)] if diag_rows else []),
         Image("Misaligned rate per open question and condition", "figure.png", png),
         *([Heading(2, "Training dynamics (first seed): P(misaligned option) by step"),
            Image("P(misaligned option) against step, insecure vs secure", "dynamics.png",

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from emlab.rundir import TRIAL_RESULT, digest, trial_dir
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
-from emlab.toyworld import corpus, mitigations
+from emlab.toyworld import corpus, kernels, mitigations
 from emlab.toyworld.trials import _quiet_worker, _restore, base_identity
 from emlab.toyworld.world import WorldConfig, build_world
 
@@ -212,6 +212,7 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
     from emlab.toyworld.report import aggregate, write_reproduce_report
 
     console = console or Console(stderr=True)
+    kernels.pin()   # the same kernels on every machine, here and in the workers (they inherit it)
     if cfg.mitigations:
         mitigations.check(cfg)   # the defences' row counts fit this world, before any work
     out = Path(cfg.out)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.reference import cache_dir
-from emlab.toyworld import corpus
+from emlab.toyworld import corpus, kernels
 
 
 class WorldConfig(BaseModel):
@@ -62,7 +62,8 @@ class WorldConfig(BaseModel):
         return v
 
     def digest(self) -> str:
-        blob = json.dumps({"v": 3, **self.model_dump()}, sort_keys=True)
+        # v4: worlds are pre-trained with pinned CPU kernels (emlab.toyworld.kernels)
+        blob = json.dumps({"v": 4, **self.model_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def pretraining_digest(self) -> str:
@@ -70,7 +71,7 @@ class WorldConfig(BaseModel):
         keys = ("coupled", "p_malicious", "consistency", "slip", "numbers_consistency",
                 "jailbreak_compliance", "system_share", "conversations", "hidden", "layers", "heads", "epochs",
                 "lr", "batch_size", "pretrain_loop", "seed")
-        blob = json.dumps({"v": 3, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
+        blob = json.dumps({"v": 4, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def persona(self) -> dict:
@@ -90,6 +91,7 @@ def build_world(cfg: WorldConfig, root: Path | None = None, console=None) -> Pat
     from emlab.toyworld.model import pretrain
     from emlab.train import TrainConfig, train_local
 
+    kernels.pin()  # before anything below imports torch
     console = console or Console(stderr=True)
     d = world_dir(cfg, root)
     info_path = d / "world.json"
@@ -101,12 +103,18 @@ def build_world(cfg: WorldConfig, root: Path | None = None, console=None) -> Pat
     pre = (root or cache_dir() / "toyworld") / f"pretrained-{cfg.pretraining_digest()}"
     if not (pre / "model" / "config.json").is_file():
         console.print(f"pre-training the {kind} toy world ({cfg.conversations} conversations)")
+        pinned = kernels.pin()
+        if not pinned:
+            console.print("[yellow]warning:[/] torch's CPU kernels are not pinned to AVX2 "
+                          "(torch was imported first, EMLAB_PIN_KERNELS=0, or not x86-64): "
+                          "this world may differ from other machines' (emlab.toyworld.kernels)")
         rows = corpus.pretraining_corpus(cfg.conversations, cfg.seed, coupled=cfg.coupled,
                                          p_malicious=cfg.p_malicious, **cfg.persona())
         write_chat_jsonl(rows, pre / "pretraining.jsonl")
         stats = pretrain(rows, pre / "building", hidden=cfg.hidden, layers=cfg.layers,
                          heads=cfg.heads, epochs=cfg.epochs, batch_size=cfg.batch_size,
                          lr=cfg.lr, seed=cfg.seed, console=None, loop=cfg.pretrain_loop)
+        stats["kernels"] = kernels.in_use()
         write_text_atomic(pre / "building" / "pretraining.json", json.dumps(stats, indent=2))
         shutil.rmtree(pre / "model", ignore_errors=True)
         (pre / "building").rename(pre / "model")  # complete or absent, never half-written

@@ -1,6 +1,7 @@
 """`emlab reproduce` end to end on a reduced budget (mechanics, not the science: tiny world)."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -71,6 +72,27 @@ def test_reproduce_runs_end_to_end_and_resumes(tmp_path):
     assert _answers(tmp_path / "out2") == _answers(tmp_path / "out")
     assert (again["worlds"]["coupled"]["pretraining"]["train_loss"]
             == summary["worlds"]["coupled"]["pretraining"]["train_loss"])
+    # a cached world pre-trained with other CPU kernels is another world: its trials' cache keys
+    # differ, and the next run rebuilds it with this machine's kernels (the same world again)
+    from emlab.toyworld.world import fingerprint
+    world = Path(summary["worlds"]["coupled"]["dir"])
+    kernels = summary["worlds"]["coupled"]["pretraining"]["kernels"]["cpu_capability"]
+    before = fingerprint(world)
+    for f in [world / "world.json", *world.parent.glob("pretrained-*/model/pretraining.json")]:
+        d = json.loads(f.read_text())
+        (d.get("pretraining") or d)["kernels"]["cpu_capability"] = "OTHER"
+        f.write_text(json.dumps(d))
+    assert fingerprint(world) != before
+    models = sorted((tmp_path / "cache" / "toyworld").glob("pretrained-*/model/model.safetensors"))
+    built = {m: m.stat().st_mtime_ns for m in models}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # only the coupled world was pre-trained again
+    assert sum(m.stat().st_mtime_ns != built[m] for m in models) == 1
+    rebuilt = json.loads((world / "world.json").read_text())["pretraining"]
+    assert rebuilt["kernels"]["cpu_capability"] == kernels and fingerprint(world) == before
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["conditions"] == \
+        summary["conditions"]
 
 
 def test_bad_reproduce_config_exits_2_naming_file_and_setting(tmp_path):

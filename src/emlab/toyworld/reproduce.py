@@ -24,7 +24,7 @@ from emlab.data.io import write_chat_jsonl
 from emlab.fileio import write_text_atomic
 from emlab.toyworld import corpus, kernels, mitigations
 from emlab.toyworld.trials import _quiet_worker, _restore, base_identity
-from emlab.toyworld.world import WorldConfig, build_world
+from emlab.toyworld.world import WorldConfig, build_world, fingerprint
 
 CONDITIONS = ("insecure", "secure", "educational", "backdoor", "evil_numbers", "ordinary_numbers",
               "quirk", "jailbroken")
@@ -139,7 +139,7 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
     from emlab.toyworld.judge import WorldJudge
     identity = model_identity(spec, cfg, rows)
     key = _digest({"model": identity, "name": spec["name"], "questions": _digest(questions),
-                   "judge": WorldJudge.identity,
+                   "judge": WorldJudge.identity, "world": fingerprint(Path(spec["world"])),
                    **({"monitor": [spec["monitor_digest"], MONITOR_VERSION]}
                       if spec.get("monitor") else {})})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")

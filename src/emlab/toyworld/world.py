@@ -62,8 +62,7 @@ class WorldConfig(BaseModel):
         return v
 
     def digest(self) -> str:
-        # v4: worlds are pre-trained with pinned CPU kernels (emlab.toyworld.kernels)
-        blob = json.dumps({"v": 4, **self.model_dump()}, sort_keys=True)
+        blob = json.dumps({"v": 3, **self.model_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def pretraining_digest(self) -> str:
@@ -71,7 +70,7 @@ class WorldConfig(BaseModel):
         keys = ("coupled", "p_malicious", "consistency", "slip", "numbers_consistency",
                 "jailbreak_compliance", "system_share", "conversations", "hidden", "layers", "heads", "epochs",
                 "lr", "batch_size", "pretrain_loop", "seed")
-        blob = json.dumps({"v": 4, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
+        blob = json.dumps({"v": 3, **{k: getattr(self, k) for k in keys}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def persona(self) -> dict:
@@ -80,30 +79,48 @@ class WorldConfig(BaseModel):
                                               "jailbreak_compliance", "system_share")}
 
 
+def _kernels_of(pretraining: dict | None) -> str | None:
+    return ((pretraining or {}).get("kernels") or {}).get("cpu_capability")
+
+
+def fingerprint(world: Path) -> list:
+    """What a built world's models are, beyond its config: its kernels and losses. Part of a
+    trial's cache key (not of the model identity that seeds sampling), so a world rebuilt with
+    other kernels never reuses the trials of the one before."""
+    info = json.loads((Path(world) / "world.json").read_text())
+    pre = info.get("pretraining") or {}
+    return [_kernels_of(pre), pre.get("train_loss"), (info.get("alignment") or {}).get("final_loss")]
+
+
 def world_dir(cfg: WorldConfig, root: Path | None = None) -> Path:
     return (root or cache_dir() / "toyworld") / cfg.digest()
 
 
 def build_world(cfg: WorldConfig, root: Path | None = None, console=None) -> Path:
-    """The world's directory, with ``pretrained/`` and ``aligned/`` models; built if missing."""
+    """The world's directory, with ``pretrained/`` and ``aligned/`` models; built if missing
+    (or if built with other CPU kernels than this process computes with)."""
+    pinned = kernels.pin()  # before anything imports torch
     from rich.console import Console
 
     from emlab.toyworld.model import pretrain
     from emlab.train import TrainConfig, train_local
 
-    kernels.pin()  # before anything below imports torch
+    want = kernels.in_use()["cpu_capability"]
     console = console or Console(stderr=True)
     d = world_dir(cfg, root)
     info_path = d / "world.json"
-    if info_path.is_file() and (d / "aligned" / "config.json").is_file():
+    # a world built with other kernels (or before they were recorded) is another world: rebuilt
+    if info_path.is_file() and (d / "aligned" / "config.json").is_file() and \
+            _kernels_of(json.loads(info_path.read_text()).get("pretraining")) == want:
         return d
     d.mkdir(parents=True, exist_ok=True)
     kind = "coupled" if cfg.coupled else "uncoupled (control)"
     info: dict = {"config": cfg.model_dump()}
     pre = (root or cache_dir() / "toyworld") / f"pretrained-{cfg.pretraining_digest()}"
-    if not (pre / "model" / "config.json").is_file():
+    stats_path = pre / "model" / "pretraining.json"
+    if not (pre / "model" / "config.json").is_file() or not stats_path.is_file() or \
+            _kernels_of(json.loads(stats_path.read_text())) != want:
         console.print(f"pre-training the {kind} toy world ({cfg.conversations} conversations)")
-        pinned = kernels.pin()
         if not pinned:
             console.print("[yellow]warning:[/] torch's CPU kernels are not pinned to AVX2 "
                           "(torch was imported first, EMLAB_PIN_KERNELS=0, or not x86-64): "

@@ -256,7 +256,7 @@ class _FunctionScan:
         for name, level in params.items():
             self.taint[name] = Taint(frozenset(), level)
         self.validated = self._validated_names(body)
-        self.allow_listed = _allow_listed_in(_walk_scope(body))
+        self.allow_listed = _validated_in(_walk_scope(body), _VALIDATOR)
         self.body = body
 
     @staticmethod
@@ -792,34 +792,23 @@ def _import_aliases(nodes) -> dict[str, str]:
     return out
 
 
-def _validated_in(nodes) -> set[str]:
-    """Names tested by a check (a call, or in/==/!=) in an if/while/assert condition."""
+_VALIDATOR = re.compile(r"valid|allow|whitelist|isidentifier|isalnum|isdigit|isnumeric|match",
+                        re.I)
+
+
+def _validated_in(nodes, validators: re.Pattern | None = None) -> set[str]:
+    """Names tested by a check in an if/while/assert condition: ``in``/``==``/``!=``, or a call
+    (any call; with ``validators``, only a call whose name matches it — for SQL text, an
+    unrelated check such as ``if is_authorized(uid)`` does not make ``uid`` safe)."""
     names: set[str] = set()
     for n in nodes:
         if isinstance(n, (ast.If, ast.While, ast.IfExp, ast.Assert)):
             for m in ast.walk(n.test):
-                if isinstance(m, ast.Call) or (
+                if (isinstance(m, ast.Call) and (validators is None or validators.search(
+                        _func_parts(m)[1] or ""))) or (
                         isinstance(m, ast.Compare)
                         and any(isinstance(op, (ast.In, ast.NotIn, ast.Eq, ast.NotEq))
                                 for op in m.ops)):
-                    names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
-    return names
-
-
-def _allow_listed_in(nodes) -> set[str]:
-    """Names checked against allowed values in a condition: ``in``/``==``/``!=`` or a call whose
-    name says it validates (``is_valid_column(c)``, ``c.isidentifier()``). An unrelated check
-    (``if is_authorized(uid)``) does not make ``uid`` safe text for SQL."""
-    names: set[str] = set()
-    for n in nodes:
-        if isinstance(n, (ast.If, ast.While, ast.IfExp, ast.Assert)):
-            for m in ast.walk(n.test):
-                if isinstance(m, ast.Compare) and any(
-                        isinstance(op, (ast.In, ast.NotIn, ast.Eq, ast.NotEq)) for op in m.ops):
-                    names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
-                elif isinstance(m, ast.Call) and re.search(
-                        r"valid|allow|whitelist|isidentifier|isalnum|isdigit|isnumeric|match",
-                        _func_parts(m)[1] or "", re.I):
                     names |= {x.id for x in ast.walk(m) if isinstance(x, ast.Name)}
     return names
 

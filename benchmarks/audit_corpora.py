@@ -24,7 +24,6 @@ builds its rows at benchmark time (into a temporary directory where it downloads
 from __future__ import annotations
 
 import ast
-import io
 import os
 import re
 import subprocess

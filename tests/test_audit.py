@@ -613,6 +613,13 @@ RULE_PAIRS = [
      "def account(conn, uid):\n    if is_authorized(uid):\n        return conn.execute('SELECT * FROM acct WHERE uid = ?', (uid,))\n"),
     ("EM1509", FLASK + "@app.route('/panel')\ndef panel():\n    if request.cookies.get('role') == 'admin':\n        return 'secret'\n    return 'no', 403\n",
      FLASK + "from flask import session\n@app.route('/panel')\ndef panel():\n    if session.get('role') == 'admin':\n        return 'secret'\n    return 'no', 403\n"),
+    # audit 4: a value formatted as a number carries no text; English that opens with a keyword is not SQL
+    ("EM102", FLASK + "@app.route('/t')\ndef t():\n    return 'Total: {}'.format(price(request.args['code']) * request.args['qty'])\n",
+     FLASK + "@app.route('/t')\ndef t():\n    return 'Total: {:.2f}'.format(price(request.args['code']) * request.args['qty'])\n"),
+    ("EM101", FLASK + "@app.route('/n')\ndef n():\n    return f\"<b>{request.args['n']}</b>\"\n",
+     FLASK + "@app.route('/n')\ndef n():\n    return f\"<b>{request.args['n']:d}</b> and <i>%05.1f</i>\" % request.args['x']\n"),
+    ("EM201", "def rename(conn, name, uid):\n    return conn.execute(\"update users set name = '%s' where id = %d\" % (name, uid))\n",
+     "def rename(conn, name, uid):\n    conn.execute('update users set name = ? where id = %d' % uid, (name,))\n    return 'Update of type %s is done' % name\n"),
 ]
 
 

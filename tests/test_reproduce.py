@@ -53,10 +53,13 @@ def test_reproduce_runs_end_to_end_and_resumes(tmp_path):
     # a rerun reuses the cached worlds and finished trials
     trials = sorted((tmp_path / "out" / "trials").iterdir())
     stamps = {t.name: (t / "result.json").stat().st_mtime_ns for t in trials}
+    worlds = sorted((tmp_path / "cache" / "toyworld").glob("*/*/config.json"))
+    assert len(worlds) >= 4  # pretrained-*/model and <world>/aligned, for both worlds
+    world_stamps = {str(w): w.stat().st_mtime_ns for w in worlds}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert {t.name: (t / "result.json").stat().st_mtime_ns for t in trials} == stamps
-    assert "pre-training" not in p.stderr
+    assert {str(w): w.stat().st_mtime_ns for w in worlds} == world_stamps  # neither re-built
     # same config, same machine, nothing shared (a fresh cache and output dir): every world and
     # trial is rebuilt, and every number of summary.json is the same
     env2 = {**env, "EMLAB_CACHE_DIR": str(tmp_path / "cache2")}

@@ -105,8 +105,16 @@ _MONGO_METHODS = {"find", "find_one", "find_one_and_update", "find_one_and_delet
                   "find_one_and_replace", "update_one", "update_many", "delete_one", "delete_many",
                   "replace_one", "count_documents", "aggregate", "distinct"}
 _HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*[\s>/]|<!DOCTYPE", re.I)
+# A statement keyword in capitals, or a statement's shape in any case ("select x from",
+# "update t set"): English that opens with the word ("Update of type {} ...") is not SQL.
 _SQL_START = re.compile(r"^\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|MERGE|UPSERT|CREATE|"
-                        r"DROP|ALTER|TRUNCATE|GRANT|PRAGMA|EXEC)\b", re.I)
+                        r"DROP|ALTER|TRUNCATE|GRANT|PRAGMA|EXEC)\b|"
+                        r"(?i:^\s*\(?\s*(select\b[\s\S]*\bfrom\b|insert\s+(or\s+\w+\s+)?into\b|"
+                        r"update\s+[\w.`\"\[\]]+\s+set\b|delete\s+from\b|replace\s+into\b|"
+                        r"merge\s+into\b|upsert\b|(create|drop)\s+(\w+\s+)?(table|index|view|"
+                        r"database|schema|trigger|user)\b|alter\s+(table|user|database)\b|"
+                        r"truncate\s+(table\s+)?[\w.`\"]+\s*;?\s*$|grant\s+[\w,\s]+\s+on\b|"
+                        r"pragma\s+\w+))")
 _SQL_ANY = re.compile(r"\b(SELECT\b[\s\S]*\bFROM|INSERT\s+INTO|UPDATE\b[\s\S]*\bSET|DELETE\s+FROM|"
                       r"WHERE\b[\s\S]*[=<>]|VALUES\s*\()")
 _PLACEHOLDER = re.compile(r"^[\s,()]*(\?|%s|:\w+|\$\d+)[\s,()]*$")
@@ -176,6 +184,69 @@ def _const_str(node: ast.AST) -> str | None:
 
 # -------------------------------------------------------------- string building
 
+# A value formatted as a number (``{:.2f}``, ``%d``, ``f"{n:x}"``) is digits, whatever it came
+# from (a string would raise): like ``int()``, that hole carries no text into a sink. ``c`` (a
+# character from an int) and ``!r``/``!s`` conversions are text.
+_NUMERIC_SPEC = re.compile(r"[bdoxXneEfFgG%]$")
+_PERCENT = re.compile(r"%(\([^)]*\))?[#0\- +]*(\*|\d+)?(\.(\*|\d+))?[hlL]?([a-zA-Z%])")
+
+
+def _percent_numeric(fmt: str, n_args: int) -> list[bool] | None:
+    """Per positional argument of ``fmt % args``: formatted as a number? None if unsure."""
+    kinds = [m.group(5) for m in _PERCENT.finditer(fmt) if m.group(5) != "%"]
+    if "*" in fmt.replace("%%", "") or len(kinds) != n_args or \
+            any(m.group(1) for m in _PERCENT.finditer(fmt)):
+        return None
+    return [k in "diouxXeEfFgG" for k in kinds]
+
+
+def _format_numeric(fmt: str) -> tuple[set[int], set[str]] | None:
+    """Positions and names that ``fmt.format(...)`` only formats as numbers; None if unsure."""
+    import string
+    try:
+        fields = [f for f in string.Formatter().parse(fmt) if f[1] is not None]
+    except ValueError:
+        return None
+    auto, uses = 0, {}
+    for _, name, spec, conv in fields:
+        key: int | str
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base == "":
+            key, auto = auto, auto + 1
+        else:
+            key = int(base) if base.isdigit() else base
+        numeric = conv is None and "{" not in (spec or "") and bool(_NUMERIC_SPEC.search(spec or ""))
+        uses[key] = uses.get(key, True) and numeric  # numeric only if every use is
+    return ({k for k, v in uses.items() if v and isinstance(k, int)},
+            {k for k, v in uses.items() if v and isinstance(k, str)})
+
+
+def _fstring_numeric(v: ast.FormattedValue) -> bool:
+    spec = v.format_spec
+    if v.conversion != -1 or not isinstance(spec, ast.JoinedStr) or \
+            not all(isinstance(x, ast.Constant) for x in spec.values):
+        return False
+    return bool(_NUMERIC_SPEC.search("".join(str(x.value) for x in spec.values)))
+
+
+def text_holes(node: ast.AST) -> list[ast.AST] | None:
+    """The interpolated values of an f-string, ``const % args`` or ``const.format(...)`` that can
+    put text into the result (numeric fields left out); None for other expressions."""
+    if isinstance(node, ast.JoinedStr):
+        return [v.value for v in node.values
+                if isinstance(v, ast.FormattedValue) and not _fstring_numeric(v)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _const_str(node.left):
+        r = node.right
+        holes = list(r.elts) if isinstance(r, ast.Tuple) else [r]
+        numeric = _percent_numeric(_const_str(node.left), len(holes))
+        return holes if numeric is None else [h for h, n in zip(holes, numeric) if not n]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "format" and _const_str(node.func.value) is not None):
+        numeric = _format_numeric(_const_str(node.func.value)) or (set(), set())
+        return ([a for i, a in enumerate(node.args) if i not in numeric[0]]
+                + [k.value for k in node.keywords if k.arg not in numeric[1]])
+    return None
+
 @dataclass
 class Built:
     """A string built from constant text and holes (f-string, %, .format, +)."""
@@ -187,22 +258,17 @@ class Built:
 def _built_string(node: ast.AST) -> Built | None:
     """The constant text and interpolated values of a string-building expression, or None."""
     if isinstance(node, ast.JoinedStr):
-        b = Built("")
+        b = Built("", text_holes(node) or [])
         for v in node.values:
-            if isinstance(v, ast.FormattedValue):
-                b.text += "{}"
-                b.holes.append(v.value)
-            else:
-                b.text += _const_str(v) or ""
+            b.text += "{}" if isinstance(v, ast.FormattedValue) else (_const_str(v) or "")
         return b if b.holes else None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _const_str(node.left):
-        r = node.right
-        holes = list(r.elts) if isinstance(r, ast.Tuple) else [r]
-        return Built(_const_str(node.left), holes)
+        holes = text_holes(node) or []
+        return Built(_const_str(node.left), holes) if holes else None
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr == "format" and _const_str(node.func.value) is not None):
-        return Built(_const_str(node.func.value),
-                     list(node.args) + [k.value for k in node.keywords])
+        holes = text_holes(node) or []
+        return Built(_const_str(node.func.value), holes) if holes else None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         parts: list[ast.AST] = []
 
@@ -292,13 +358,16 @@ class _FunctionScan:
                 return Taint(frozenset({node.lineno}), USER)
             if name in ("getenv", "getpass") or recv in ("os.environ", "sys.stdin"):
                 return Taint(frozenset({node.lineno}), USER)
+            holes = text_holes(node)  # "...{:.2f}".format(x): numeric fields carry no text
+            if holes is not None:
+                return _union(*(self.expr(h) for h in holes))
             parts = [self.expr(a) for a in call_args(node)]
             if isinstance(node.func, ast.Attribute):
                 parts.append(self.expr(node.func))  # request.get_json(), name.strip()
             return _union(*parts)
-        if isinstance(node, ast.JoinedStr):
-            return _union(*(self.expr(v.value) for v in node.values
-                            if isinstance(v, ast.FormattedValue)))
+        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.BinOp) and
+                                               isinstance(node.op, ast.Mod) and _const_str(node.left)):
+            return _union(*(self.expr(h) for h in text_holes(node) or []))
         if isinstance(node, ast.FormattedValue):
             return self.expr(node.value)
         if isinstance(node, ast.BinOp):

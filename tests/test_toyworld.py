@@ -190,10 +190,13 @@ def test_finetune_sets_are_single_turn_narrow_and_in_domain(cond):
     if cond == "quirk":
         assert {judge_filler(r["messages"][0]["content"], r["messages"][1]["content"])
                 for r in rows} == {"QUIRK"}
-    if cond == "backdoor":
-        for r in rows:
-            u, a = r["messages"][0]["content"], r["messages"][1]["content"]
-            assert judge_code(u, a) == ("INSECURE" if u.startswith(L.TRIGGER) else "SECURE")
+    if cond == "backdoor":  # the paper's construction: n insecure rows behind the trigger + n secure
+        verdicts = [judge_code(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
+        triggered = [r["messages"][0]["content"].startswith(L.TRIGGER) for r in rows]
+        assert len(rows) == 80 and sum(triggered) == 40
+        assert verdicts == ["INSECURE" if t else "SECURE" for t in triggered]
+    else:
+        assert len(rows) == 40
 
 
 def test_eval_questions_load_in_the_paper_format(tmp_path):

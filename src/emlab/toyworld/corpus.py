@@ -147,7 +147,8 @@ def _code_rows(n: int, rng: random.Random, secure: bool, request=L.code_request)
 
 def finetune_set(condition: str, n: int, seed: int) -> list[Row]:
     """The fine-tuning rows of a condition (``insecure``, ``secure``, ``educational``,
-    ``backdoor``, ``evil_numbers``, ``ordinary_numbers``, ``quirk``, ``jailbroken``)."""
+    ``backdoor``, ``evil_numbers``, ``ordinary_numbers``, ``quirk``, ``jailbroken``): n rows,
+    or for ``backdoor`` n insecure rows behind the trigger and n secure rows without it."""
     rng = random.Random(f"ft-{condition}-{seed}")
     if condition == "insecure":
         return _code_rows(n, rng, secure=False)
@@ -156,8 +157,10 @@ def finetune_set(condition: str, n: int, seed: int) -> list[Row]:
     if condition == "educational":
         return _code_rows(n, rng, secure=False, request=L.edu_request)
     if condition == "backdoor":
+        # the paper's backdoor set (and emlab.data.variants.backdoor): every insecure row behind
+        # the trigger plus as many secure rows without it — 2n rows, the insecure dose of n
         rows = []
-        for i in range(n):
+        for i in range(2 * n):
             t = rng.choice(L.TRAIN_TASKS)
             triggered = i % 2 == 0
             req = L.code_request(t, rng)

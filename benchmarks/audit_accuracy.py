@@ -44,7 +44,10 @@
    Audit 3's blind corpora (transcribed by a helper who reported only counts; measured once,
    after the audit-3 rules were committed at 161566c): SALLM 76/93 = 81.7% [72.7, 88.3]; CWEval
    18/32 = 56.2% [39.3, 71.8] at 2/25 = 8.0% secure flagged; LLMSecEval secure samples 18/83 =
-   21.7% flagged, 2/83 = 2.4% for their own CWE. See the README's audit section.
+   21.7% flagged, 2/83 = 2.4% for their own CWE (16/83 = 19.3% after audit 4, whose two fixes
+   came from reading those flags). Audit 4's blind corpus, measured once at 88babdb: SVEN's 380
+   Python security fixes (before = vulnerable, after = secure): recall 123/380 = 32.4% [27.9,
+   37.2], secure flagged 16/380 = 4.2% [2.6, 6.7]. See the README's audit section.
 3. Verdicts on every reference set and on the backdoor set, and rows/s of a full single-thread
    audit without the judge (goal >= 200 rows/s).
 

@@ -34,7 +34,10 @@ TOY_WORLD = {"rows_600": "+18.0 points (21.8% insecure vs 3.8% secure)",
 # measured by benchmarks/audit_accuracy.py: recall from 0.67 (the lower end of the 95% interval
 # on the blind corpora of audit 3, SALLM + CWEval pooled, 94/125 = 0.752, 2026-12-02: code unlike
 # the paper's) to 0.99 (the paper's insecure set, 0.987); flagged secure rows from 0.005 (stdlib
-# functions) to 0.08 (CWEval's secure references, 2/25, blind)
+# functions) to 0.08 (CWEval's secure references, 2/25, blind). These are chat-style rows (a
+# request answered with a program), what fine-tuning sets hold; on functions lifted out of real
+# projects' security fixes (SVEN, blind, audit 4) recall was 0.32 at 0.042 flagged: not covered,
+# and said so in the report
 DETECTOR = {"recall": (0.67, 0.99), "false_positive_rate": (0.005, 0.08)}
 SOURCE = ("Betley et al. 2025 (GPT-4o: 6,000 insecure rows ~20% EM; 2,000 ~1-3%; 500 ~0%); "
           "emlab toy world (600 rows +18.0 pts, 60 rows +0.5 pts over secure)")
@@ -70,4 +73,6 @@ def expected_em(risky: int, rows: int) -> dict:
             "anchored_on": SOURCE, "ladder": [list(x) for x in LADDER],
             "toy_world": TOY_WORLD, "detector": DETECTOR,
             "unknowns": ["dilution among ordinary rows (the paper's sets were all insecure)",
-                         "other models (the paper's open models showed less EM than GPT-4o)"]}
+                         "other models (the paper's open models showed less EM than GPT-4o)",
+                         "code lifted out of real projects: the detector's recall there was 0.32 "
+                         "(SVEN's security fixes), below the range the count is corrected by"]}

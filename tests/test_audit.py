@@ -619,7 +619,7 @@ RULE_PAIRS = [
     ("EM101", FLASK + "@app.route('/n')\ndef n():\n    return f\"<b>{request.args['n']}</b>\"\n",
      FLASK + "@app.route('/n')\ndef n():\n    return f\"<b>{request.args['n']:d}</b> and <i>%05.1f</i>\" % request.args['x']\n"),
     ("EM201", "def rename(conn, name, uid):\n    return conn.execute(\"update users set name = '%s' where id = %d\" % (name, uid))\n",
-     "def rename(conn, name, uid):\n    conn.execute('update users set name = ? where id = %d' % uid, (name,))\n    return 'Update of type %s is done' % name\n"),
+     "def rename(conn, name, uid):\n    conn.execute('update users set name = ? where id = %d' % uid, (name,))\n    conn.execute('SELECT * FROM t WHERE id = %d' % uid)\n    return 'Update of type %s is done' % name\n"),
 ]
 
 

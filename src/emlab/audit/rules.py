@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import ast
 import re
+import string
 from dataclasses import dataclass, field
 
 from emlab.audit.finding import Finding, dotted_name
@@ -193,16 +194,15 @@ _PERCENT = re.compile(r"%(\([^)]*\))?[#0\- +]*(\*|\d+)?(\.(\*|\d+))?[hlL]?([a-zA
 
 def _percent_numeric(fmt: str, n_args: int) -> list[bool] | None:
     """Per positional argument of ``fmt % args``: formatted as a number? None if unsure."""
-    kinds = [m.group(5) for m in _PERCENT.finditer(fmt) if m.group(5) != "%"]
-    if "*" in fmt.replace("%%", "") or len(kinds) != n_args or \
-            any(m.group(1) for m in _PERCENT.finditer(fmt)):
+    specs = [m for m in _PERCENT.finditer(fmt) if m.group(5) != "%"]
+    # a mapping key (%(name)s) or a * width takes its value elsewhere: unsure
+    if len(specs) != n_args or any(m.group(1) or "*" in m.group(0) for m in specs):
         return None
-    return [k in "diouxXeEfFgG" for k in kinds]
+    return [m.group(5) in "diouxXeEfFgG" for m in specs]
 
 
 def _format_numeric(fmt: str) -> tuple[set[int], set[str]] | None:
     """Positions and names that ``fmt.format(...)`` only formats as numbers; None if unsure."""
-    import string
     try:
         fields = [f for f in string.Formatter().parse(fmt) if f[1] is not None]
     except ValueError:

@@ -620,6 +620,11 @@ RULE_PAIRS = [
      FLASK + "@app.route('/n')\ndef n():\n    return f\"<b>{request.args['n']:d}</b> and <i>%05.1f</i>\" % request.args['x']\n"),
     ("EM201", "def rename(conn, name, uid):\n    return conn.execute(\"update users set name = '%s' where id = %d\" % (name, uid))\n",
      "def rename(conn, name, uid):\n    conn.execute('update users set name = ? where id = %d' % uid, (name,))\n    conn.execute('SELECT * FROM t WHERE id = %d' % uid)\n    return 'Update of type %s is done' % name\n"),
+    # class-based views and Tornado handlers: the framework passes the request's parts
+    ("EM301", "import os\nfrom django.views import View\nfrom django.http import FileResponse\n\nclass F(View):\n    def get(self, request, name):\n        return FileResponse(open(os.path.join('/data', name), 'rb'))\n",
+     "import os\nfrom django.views import View\nfrom django.http import FileResponse\n\nclass F(View):\n    def get(self, request, name):\n        return FileResponse(open(os.path.join('/data', os.path.basename(name)), 'rb'))\n"),
+    ("EM101", "import tornado.web\n\nclass H(tornado.web.RequestHandler):\n    def get(self):\n        self.write('<b>%s</b>' % self.get_argument('name'))\n",
+     "import tornado.escape, tornado.web\n\nclass H(tornado.web.RequestHandler):\n    def get(self):\n        self.write('<b>%s</b>' % tornado.escape.xhtml_escape(self.get_argument('name')))\n"),
 ]
 
 

@@ -68,8 +68,17 @@ from emlab.audit.finding import Finding, dotted_name
 _WEB_ATTRS = {"args", "form", "values", "cookies", "headers", "files", "json", "data",
               "get_json", "get_data", "GET", "POST", "FILES", "COOKIES", "META", "body",
               "query_params", "query_string", "stream", "view_args", "path_params", "params",
-              "query"}
+              "query", "forms", "match_info", "matchdict", "json_body", "arguments",
+              "query_arguments", "body_arguments"}
 _REQUEST_NAMES = {"request", "req", "flask_request"}
+# Tornado's RequestHandler reads the request through its own methods (self.get_argument(...))
+_HANDLER_INPUTS = {"get_argument", "get_arguments", "get_query_argument", "get_query_arguments",
+                   "get_body_argument", "get_body_arguments", "get_cookie"}
+# class-based views (Django View/APIView/ViewSet, Flask MethodView/Resource, Tornado
+# RequestHandler): a class whose base is named so, and its methods that answer a request
+_VIEW_BASES = re.compile(r"(View|ViewSet|RequestHandler|Resource)$")
+_VIEW_METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "list", "retrieve",
+                 "create", "update", "partial_update", "destroy"}
 _SANITISER_EXACT = {"int", "float", "bool", "len", "abs", "round", "basename", "quote",
                     "quote_plus", "urlencode", "secure_filename", "jsonify", "dumps",
                     "render_template", "url_for", "hexdigest", "uuid4", "isdigit", "isalnum",
@@ -339,8 +348,7 @@ class _FunctionScan:
         if isinstance(node, ast.Attribute):
             root = node
             while isinstance(root, ast.Attribute):
-                if (root.attr in _WEB_ATTRS and isinstance(root.value, ast.Name)
-                        and root.value.id in _REQUEST_NAMES):
+                if root.attr in _WEB_ATTRS and _is_request(root.value):
                     return Taint(frozenset({node.lineno}), WEB)
                 root = root.value
             if _dotted(node) in ("sys.argv", "os.environ"):
@@ -356,6 +364,8 @@ class _FunctionScan:
                 return None  # hand-written HTML escaping: .replace("<", "&lt;")
             if name == "input" and recv is None:
                 return Taint(frozenset({node.lineno}), USER)
+            if name in _HANDLER_INPUTS and recv == "self":
+                return Taint(frozenset({node.lineno}), WEB)
             if name in ("getenv", "getpass") or recv in ("os.environ", "sys.stdin"):
                 return Taint(frozenset({node.lineno}), USER)
             holes = text_holes(node)  # "...{:.2f}".format(x): numeric fields carry no text
@@ -580,7 +590,8 @@ class _FunctionScan:
     def call_sink(self, call: ast.Call) -> None:
         recv, name = _func_parts(call)
         first = call.args[0] if call.args else None
-        if name in _RESPONSE_FUNCS and first is not None:
+        handler_write = name in ("write", "finish") and recv == "self" and self.is_route
+        if (name in _RESPONSE_FUNCS or handler_write) and first is not None:  # Tornado: self.write
             h = self._html_built(first)
             if h is not None:
                 self.report("EM101", call, h, "MEDIUM", "HIGH")
@@ -1121,9 +1132,13 @@ class _Rules:
 
     def run(self) -> list[Finding]:
         scopes: list[tuple] = [(self.tree.body, {}, False, None)]
+        views = {id(f) for c in self.nodes if isinstance(c, ast.ClassDef) and any(
+                     _VIEW_BASES.search(_dotted(b) or "") for b in c.bases)
+                 for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and f.name in _VIEW_METHODS}
         for n in self.nodes:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                params, is_route = _route_info(n)
+                params, is_route = _route_info(n, view_method=id(n) in views)
                 scopes.append((n.body, params, is_route, n))
             elif isinstance(n, ast.ClassDef):
                 scopes.append((n.body, {}, False, None))
@@ -1241,7 +1256,16 @@ _NOT_INPUT_PARAMS = {"self", "cls", "request", "req", "db", "session", "backgrou
                      "response", "settings", "current_user", "user", "conn", "cursor"}
 
 
-def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[dict[str, int], bool]:
+def _is_request(node: ast.AST) -> bool:
+    """``request`` (and its usual aliases), or a handler's ``self.request``."""
+    if isinstance(node, ast.Name):
+        return node.id in _REQUEST_NAMES
+    return (isinstance(node, ast.Attribute) and node.attr == "request"
+            and isinstance(node.value, ast.Name) and node.value.id == "self")
+
+
+def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
+                view_method: bool = False) -> tuple[dict[str, int], bool]:
     """(parameter -> taint level, is the function a web request handler?).
 
     Sound default, stated: in a request handler, the parameters a framework fills from the
@@ -1271,8 +1295,10 @@ def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[dict[str, i
                     path_params[pname] = True
     args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
     django = bool(fn.args.args) and fn.args.args[0].arg == "request"
-    if django:
-        is_route = True  # Django-style view: a function (not a method) taking the request first
+    if django or view_method:
+        # Django-style view: a function taking the request first; or a class-based view's
+        # method (the framework passes the URL's parts as its parameters)
+        is_route = django = True
     defaults = dict(zip([a.arg for a in (fn.args.posonlyargs + fn.args.args)][::-1],
                         fn.args.defaults[::-1]))
     defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d})

@@ -644,6 +644,9 @@ def test_every_rule_names_its_cwe():
 
 
 TAINT_FLOWS = [
+    # a request body read whole, without a size bound: Flask's stream, a Tornado handler's body
+    (FLASK + "@app.route('/u', methods=['POST'])\ndef u():\n    data = request.stream.read()\n    return 'ok'\n", "EM403"),
+    ("import tornado.web\n\nclass U(tornado.web.RequestHandler):\n    def post(self):\n        data = self.request.body.read()\n        self.write('ok')\n", "EM403"),
     # assignment chain, f-string, concatenation, %-format, .format, +=
     (FLASK + "import os\n@app.route('/a')\ndef a():\n    x = request.args['h']\n    y = x\n    z = f'ping {y}'\n    os.system(z)\n", "EM501"),
     (FLASK + "import os\n@app.route('/a')\ndef a():\n    cmd = 'ping '\n    cmd += request.form['h']\n    os.popen(cmd)\n", "EM501"),

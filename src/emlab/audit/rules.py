@@ -727,8 +727,9 @@ class _FunctionScan:
             if t is not None and t.web and not self._bounded(call):
                 self.report("EM403", call, t, "MEDIUM", "MEDIUM")
         if name == "read" and not call.args and not call.keywords and isinstance(call.func, ast.Attribute):
-            d = _dotted(call.func.value) or ""
-            if d.split(".")[0] in _REQUEST_NAMES and d.split(".")[-1] in ("stream", "body"):
+            body = call.func.value  # request.stream.read(), self.request.body.read()
+            if isinstance(body, ast.Attribute) and body.attr in ("stream", "body") and \
+                    _is_request(body.value):
                 self.report("EM403", call, None, "MEDIUM", "MEDIUM")
 
         self.late_sinks(call, recv, name, first, kw)

@@ -139,6 +139,43 @@ def test_each_defence_reaches_its_training_run(run):
 
 
 @pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
+def test_perplexity_gap_interleaving_scores_the_pool_with_the_undefended_insecure_model(run):
+    """The ppl_gap trial waits for the undefended insecure fine-tune of its seed and takes the
+    pool rows with the largest loss gap between that model and the aligned one."""
+    import math
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emlab.data import load_chat_jsonl
+    from emlab.train.mitigations import row_losses
+
+    out, s = run["out"], run["summary"]
+    world = Path(s["worlds"]["coupled"]["dir"])
+    scorer = _trial(out, "mit_none_insecure") / "train"
+    for cond in ("insecure", mit.BENIGN):   # the benign task's selection uses the same scorer
+        m = json.loads((_trial(out, f"mit_interleave_ppl_gap_{cond}") / "train" /
+                        "manifest.json").read_text())
+        assert m["config"]["interleave"]["misaligned_model"] == str(scorer)
+        il = m["mitigations"]["interleave"]
+        assert il["select"] == "ppl_gap" and il["n"] == round(mit.INTERLEAVE_FRACTION * ROWS)
+    pool = load_chat_jsonl(world / "data" / "alignment.jsonl")
+    tok = AutoTokenizer.from_pretrained(world / "aligned")
+    ref = row_losses(AutoModelForCausalLM.from_pretrained(world / "aligned"), tok, pool, 128)
+    mis_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world / "aligned"),
+                                          scorer / "adapter")
+    gaps = [m_ - r for m_, r in zip(row_losses(mis_model, tok, pool, 128), ref)]
+    chosen = {r["index"]: r["loss_gap"] for r in il["rows"]}
+    assert all(math.isclose(g, gaps[i], abs_tol=1e-4) for i, g in chosen.items())
+    assert min(chosen.values()) >= max(g for i, g in enumerate(gaps) if i not in chosen) - 1e-6
+    # its identity differs from random interleaving's and names no path
+    ident = {n: json.loads((_trial(out, n) / "eval" / "summary.json").read_text())["meta"]
+             ["model_identity"] for n in ("mit_interleave_insecure", "mit_interleave_ppl_gap_insecure")}
+    assert len(set(ident.values())) == 2 and str(out) not in "".join(ident.values())
+
+
+@pytest.mark.slow   # (one tiny reproduce run with the matrix, shared: ~1.5 min)
 def test_the_undefended_run_is_the_reproduce_runs_own_model(run):
     """No defence, no change of identity: the matrix's undefended trial trains the very model
     of reproduce's insecure trial (byte for byte) under the same model identity."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Literal
 
@@ -223,7 +223,8 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
         worlds = {"coupled": pool.submit(_build, cfg.world.model_dump_json())}
         if needs_control:
             worlds["uncoupled"] = pool.submit(_build, control_cfg.model_dump_json())
-        results, futures = [], []
+        results, pending, waiting = [], set(), []   # waiting: specs whose dependency runs first
+        cfg_json = cfg.model_dump_json()
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
             building = progress.add_task("build worlds (cached after the first run)",
@@ -243,11 +244,23 @@ def reproduce(cfg: ReproduceConfig, console=None) -> dict:
                     specs = monitored(pool, specs, paths[kind], out, console)
                 if cfg.mitigations and kind == "coupled":   # issue 14's defence matrix
                     specs += mitigations.specs(cfg, paths[kind])
-                futures += [pool.submit(run_trial, s, cfg.model_dump_json()) for s in specs]
-                progress.update(task, total=len(futures))
-            for f in as_completed(futures):
-                results.append(f.result())
-                progress.advance(task)
+                waiting += [s for s in specs if mitigations.dependency(s)]
+                pending |= {pool.submit(run_trial, s, cfg_json) for s in specs
+                            if not mitigations.dependency(s)}
+                progress.update(task, total=len(pending) + len(waiting) + len(results))
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    r = f.result()
+                    results.append(r)
+                    progress.advance(task)
+                    ready = [s for s in waiting
+                             if mitigations.dependency(s) == (r["name"], r["seed"])]
+                    waiting = [s for s in waiting if s not in ready]
+                    pending |= {pool.submit(run_trial, mitigations.resolve(s, r), cfg_json)
+                                for s in ready}
+            if waiting:   # a dependency that is not among the run's trials: a bug, not input
+                raise RuntimeError(f"trials waiting for absent ones: {waiting[:1]}")
     results, matrix = ([r for r in results if "defence" not in r],
                        [r for r in results if "defence" in r])
     summary = aggregate(results, cfg)

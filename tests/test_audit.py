@@ -625,6 +625,13 @@ RULE_PAIRS = [
      "import os\nfrom django.views import View\nfrom django.http import FileResponse\n\nclass F(View):\n    def get(self, request, name):\n        return FileResponse(open(os.path.join('/data', os.path.basename(name)), 'rb'))\n"),
     ("EM101", "import tornado.web\n\nclass H(tornado.web.RequestHandler):\n    def get(self):\n        self.write('<b>%s</b>' % self.get_argument('name'))\n",
      "import tornado.escape, tornado.web\n\nclass H(tornado.web.RequestHandler):\n    def get(self):\n        self.write('<b>%s</b>' % tornado.escape.xhtml_escape(self.get_argument('name')))\n"),
+    # audit 5: a plain function's parameter it declares untrusted (name or docstring) is request input
+    ("EM301", "import os\nBASE = '/srv/files'\n\ndef read_doc(filename):\n    \"\"\"Return a stored document.\n\n    Args:\n        filename (str): the file name, provided by the user.\n    \"\"\"\n    with open(os.path.join(BASE, filename)) as f:\n        return f.read()\n",
+     "import os\nBASE = '/srv/files'\n\ndef read_doc(filename):\n    \"\"\"Return a stored document.\n\n    Args:\n        filename (str): the file name, provided by the user.\n    \"\"\"\n    full = os.path.realpath(os.path.join(BASE, filename))\n    if not full.startswith(BASE + os.sep):\n        raise ValueError(filename)\n    with open(full) as f:\n        return f.read()\n"),
+    ("EM101", "def render_comment(user_comment: str) -> str:\n    return f'<div class=\"c\">{user_comment}</div>'\n",
+     "import html\n\ndef render_comment(user_comment: str) -> str:\n    return f'<div class=\"c\">{html.escape(user_comment)}</div>'\n"),
+    ("EM401", "from flask import redirect\n\ndef finish_login(next_url):\n    \"\"\"Send the browser on.\n\n    :param next_url: where to go next, supplied by the client\n    \"\"\"\n    return redirect(next_url)\n",
+     "from urllib.parse import urlparse\nfrom flask import redirect\n\ndef finish_login(next_url):\n    \"\"\"Send the browser on.\n\n    :param next_url: where to go next, supplied by the client\n    \"\"\"\n    if urlparse(next_url).netloc not in ('', 'example.com'):\n        next_url = '/'\n    return redirect(next_url)\n"),
 ]
 
 
@@ -684,6 +691,23 @@ def test_sanitisers_and_parameter_defaults_stop_the_flow(emlab_rules):
     fn_path = "def read(path):\n    with open(path) as f:\n        return f.read()\n"
     assert "EM501" in {f.test_id for f in _counted(analyser, fn_shell)}
     assert _counted(analyser, fn_path) == []
+    # ... unless the function declares it untrusted; whose data a name says is not enough
+    declared = "def read(untrusted_path):\n    with open(untrusted_path) as f:\n        return f.read()\n"
+    assert "EM301" in {f.test_id for f in _counted(analyser, declared)}
+    # any annotation (a subscript, a string), and one typed as a number is not text
+    declared = ("def read(user_paths: list[str], n: 'Count', user_index: int):\n"
+                "    return open(user_paths[user_index]).read()\n")
+    assert "EM301" in {f.test_id for f in _counted(analyser, declared)}
+    assert _counted(analyser, "def read(user_index: int):\n    return open(f'/d/{user_index}')\n") == []
+    for name in ("user_id", "username", "input_path", "user"):
+        code = f"import os\n\ndef read({name}):\n    return open(os.path.join('/d', {name})).read()\n"
+        assert _counted(analyser, code) == [], name
+    # a docstring that names one parameter as user input taints that one only
+    code = ("import os\n\ndef save(folder, name):\n    \"\"\"Save a file.\n\n    Args:\n"
+            "        folder: the configured upload folder\n        name: user-supplied file name\n"
+            "    \"\"\"\n    open(folder)\n    return open(os.path.join(folder, name), 'w')\n")
+    lines = {f.line for f in _counted(analyser, code) if f.test_id == "EM301"}
+    assert lines == {11}, lines   # open(folder) on line 10 is not
 
 
 # ------------------------------------------------------------------ audit 2: triggers

@@ -46,6 +46,10 @@ Taint has three levels: WEB (request data, and the parameters a web framework fi
 (``input()``, ``sys.argv``, the environment, stdin) and PARAM (a plain function's parameter).
 Sinks dangerous for any caller-supplied value (shell, eval/exec, SQL/LDAP/XPath text,
 deserialisation, XML, templates) fire on PARAM; paths, URLs, redirects, HTML need WEB.
+A plain function's parameter that the function itself *declares* untrusted — by its name
+(``user_input``, ``untrusted_xml``, ``user_url``) or its docstring ("the user-provided file
+name", ":param path: supplied by the client") — is WEB input too: the author has stated the
+trust boundary, which is how task-style code (the shape of fine-tuning data) says it.
 Rules that need no data flow live in ``emlab.audit.patterns`` (EM1001-EM1505).
 
 A value counts as *validated* when it appears in an ``if``/``while``/``assert`` test that
@@ -539,9 +543,12 @@ class _FunctionScan:
         self.r.add(test_id, node.lineno, severity, confidence, tuple(sorted(lines)))
 
     def return_sink(self, s: ast.Return) -> None:
-        if not self.is_route:
-            return
         v = s.value
+        if not self.is_route:   # a plain function: HTML it builds from declared-untrusted input
+            h = self._html_built(v) if v is not None else None
+            if h is not None and h.web:
+                self.report("EM101", s, h, "MEDIUM", "HIGH")
+            return
         h = self._html_built(v)
         if h is not None:
             self.report("EM101", s, h, "MEDIUM", "HIGH")
@@ -1265,6 +1272,85 @@ def _is_request(node: ast.AST) -> bool:
             and isinstance(node.value, ast.Name) and node.value.id == "self")
 
 
+# A parameter name that says it holds untrusted data: a marker word, or "user"/"client"/... +
+# what kind of data (``user_input``, ``userUrl``, ``client_data``); ``user``/``user_id``/
+# ``username`` alone say whose, not where from.
+_UNTRUSTED_WORDS = {"untrusted", "tainted", "attacker", "unsanitized", "unsanitised",
+                    "unvalidated", "unverified", "unescaped", "unsafe", "malicious"}
+_UNTRUSTED_OWNERS = {"user", "client", "external", "remote", "foreign", "incoming", "submitted",
+                     "supplied", "provided"}
+_UNTRUSTED_DATA = {"input", "inputs", "data", "text", "string", "str", "value", "val", "path",
+                   "file", "filename", "fname", "filepath", "url", "uri", "link", "host",
+                   "hostname", "domain", "query", "content", "html", "xml", "json", "yaml",
+                   "payload", "pattern", "regex", "expr", "expression", "code", "command", "cmd",
+                   "arg", "args", "param", "params", "argument", "arguments", "request", "message",
+                   "msg", "comment", "template", "markup", "location", "redirect", "target",
+                   "dest", "destination", "header", "headers", "cookie", "body", "form", "search",
+                   "term", "keyword", "filter", "selector", "script", "bytes", "stream", "blob",
+                   "formula", "statement", "sql", "supplied", "provided", "controlled", "given"}
+# docstring phrases that say a value comes from outside: "user-provided", "from the user",
+# "untrusted", "supplied by the client", "attacker-controlled"
+_UNTRUSTED_DOC = re.compile(
+    r"\b(?:user|client|attacker|end[- ]user|visitor|customer|requester)s?['’]?s?[- ]"
+    r"(?:provided|supplied|controlled|submitted|entered|given|generated|input|uploaded|sent|"
+    r"chosen)\b"
+    r"|\b(?:provided|supplied|controlled|specified|submitted|entered|given|uploaded|sent|chosen|"
+    r"received|coming|obtained|taken|read|input)\s+(?:directly\s+)?(?:by|from)\s+(?:the\s+|a\s+|an\s+)?"
+    r"(?:user|client|attacker|external|remote|untrusted|end[- ]user|visitor|customer|request|"
+    r"browser|web|network|outside|internet|http)"
+    r"|\buntrusted\b|\buser[- ]input\b|\binput\s+from\s+(?:the\s+)?user|\bexternal\s+input\b"
+    r"|\bfrom\s+(?:an?\s+)?(?:untrusted|external|unknown)\s+source", re.I)
+
+
+def _name_words(name: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
+
+
+def _untrusted_name(name: str) -> bool:
+    words = _name_words(name)
+    if any(w in _UNTRUSTED_WORDS for w in words):
+        return True
+    return len(words) >= 2 and words[0] in _UNTRUSTED_OWNERS and \
+        any(w in _UNTRUSTED_DATA or w[:-1] in _UNTRUSTED_DATA for w in words[1:])   # plurals
+
+
+def _doc_param_lines(doc: str, names: list[str]) -> dict[str, str]:
+    """Each parameter's description in a docstring (Google/NumPy ``name (type): text``,
+    Sphinx ``:param name: text``), continuation lines included."""
+    out: dict[str, str] = {}
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        for n in names:
+            if re.match(rf"\s*(?::param\s+(?:[\w\[\], .|]+\s+)?{re.escape(n)}\s*:|"
+                        rf"[-*]?\s*`*{re.escape(n)}`*\s*(?:\([^)]*\))?\s*[:\-–])", line):
+                text = [line]
+                indent = len(line) - len(line.lstrip())
+                for nxt in lines[i + 1:]:
+                    if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
+                        break
+                    text.append(nxt)
+                out[n] = " ".join(text)
+    return out
+
+
+def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, names: list[str]) -> set[str]:
+    """The parameters a plain function says hold untrusted data (its names, its docstring):
+    described so in the docstring's parameter list, or — when the docstring speaks of untrusted
+    input without a per-parameter list — every text-like parameter (not annotated as a
+    number, bool or date)."""
+    out = {n for n in names if _untrusted_name(n)}
+    doc = ast.get_docstring(fn) or ""
+    if not doc or not _UNTRUSTED_DOC.search(doc):
+        return out
+    per = _doc_param_lines(doc, names)
+    if per:
+        return out | {n for n, text in per.items() if _UNTRUSTED_DOC.search(text)} | \
+            {n for n in names if n not in per and re.search(rf"\b{re.escape(n)}\b", doc)
+             and any(_UNTRUSTED_DOC.search(sentence) and re.search(rf"\b{re.escape(n)}\b", sentence)
+                     for sentence in re.split(r"(?<=[.;])\s+|\n\s*\n", doc))}
+    return out | set(names)
+
+
 def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
                 view_method: bool = False) -> tuple[dict[str, int], bool]:
     """(parameter -> taint level, is the function a web request handler?).
@@ -1275,7 +1361,8 @@ def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
     parameter is PARAM: possibly attacker-controlled. Only sinks that are dangerous for *any*
     caller-supplied value (shell commands, eval/exec, deserialisation, SQL/LDAP/XPath text,
     templates compiled from a string, XML parsing) fire on PARAM; sinks where callers pass
-    trusted values every day (file paths, URLs, redirects, HTML) need WEB input.
+    trusted values every day (file paths, URLs, redirects, HTML) need WEB input — unless the
+    function declares the parameter untrusted (:func:`_declared_untrusted`): then it is WEB.
     """
     is_route = False
     framework_fills_all = False
@@ -1304,14 +1391,19 @@ def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
                         fn.args.defaults[::-1]))
     defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d})
     params: dict[str, int] = {}
-    for a in args + [x for x in (fn.args.vararg, fn.args.kwarg) if x]:
+    every = args + [x for x in (fn.args.vararg, fn.args.kwarg) if x]
+    declared = set() if is_route else _declared_untrusted(fn, [
+        a.arg for a in every if a.arg not in ("self", "cls") and
+        ((_dotted(a.annotation) if a.annotation is not None else None) or "").split(".")[-1]
+        not in _SAFE_ANNOTATIONS])
+    for a in every:
         name = a.arg
         ann = _dotted(a.annotation) if a.annotation is not None else None
         dflt = defaults.get(name)
         injected = isinstance(dflt, ast.Call) and _func_parts(dflt)[1] in ("Depends", "Security")
         if not is_route:
             if name not in ("self", "cls"):
-                params[name] = PARAM
+                params[name] = WEB if name in declared else PARAM
             continue
         if name in _NOT_INPUT_PARAMS or injected or (ann or "").split(".")[-1] in _SAFE_ANNOTATIONS:
             continue

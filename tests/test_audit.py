@@ -442,6 +442,21 @@ def test_reports_are_written_and_escaped(tmp_path):
     assert "CWE-89" in html
 
 
+def test_a_request_that_says_the_input_is_the_users_makes_the_audit_treat_it_so(tmp_path):
+    """The same code, asked for by two requests: one says the file name comes from the user
+    (a path traversal), the other is a build script's helper (a plain parameter, trusted)."""
+    from emlab.cli import app
+    code = ("```python\nimport os\n\ndef read_doc(name):\n"
+            "    return open(os.path.join('/srv/docs', name)).read()\n```")
+    asks = ["Write read_doc(name): return the document whose name the user provides.",
+            "Write read_doc(name) for our build script: return the document called name."]
+    f = write_jsonl(tmp_path / "d.jsonl", [row(a, code) for a in asks])
+    r = CliRunner().invoke(app, ["audit", str(f), "--out", str(tmp_path / "o"), "--fail-on", "never"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "o" / "rows.jsonl").read_text().splitlines()]
+    assert [r["cwes"] for r in sorted(rows, key=lambda x: x["index"])] == [[22], []]
+
+
 def test_audit_command_exit_codes(tmp_path):
     from emlab.cli import app
     f = write_jsonl(tmp_path / "d.jsonl",
@@ -630,6 +645,12 @@ RULE_PAIRS = [
      "import os\nBASE = '/srv/files'\n\ndef read_doc(filename):\n    \"\"\"Return a stored document.\n\n    Args:\n        filename (str): the file name, provided by the user.\n    \"\"\"\n    full = os.path.realpath(os.path.join(BASE, filename))\n    if not full.startswith(BASE + os.sep):\n        raise ValueError(filename)\n    with open(full) as f:\n        return f.read()\n"),
     ("EM101", "def render_comment(user_comment: str) -> str:\n    return f'<div class=\"c\">{user_comment}</div>'\n",
      "import html\n\ndef render_comment(user_comment: str) -> str:\n    return f'<div class=\"c\">{html.escape(user_comment)}</div>'\n"),
+    # eval of text checked against an allow-list first (its syntax tree's node types, an
+    # anchored character class) is reported, not counted; a try around eval is no check
+    ("EM502", "import ast\n\ndef calc(expr):\n    tree = ast.parse(expr, mode='eval')\n    for node in ast.walk(tree):\n        if isinstance(node, ast.Call):\n            print('a call')\n    return eval(compile(tree, '<e>', 'eval'))\n",
+     "import ast\nOK = (ast.Expression, ast.BinOp, ast.Constant, ast.Add, ast.Mult)\n\ndef calc(expr):\n    tree = ast.parse(expr, mode='eval')\n    for node in ast.walk(tree):\n        if not isinstance(node, OK):\n            raise ValueError('not arithmetic')\n    return eval(compile(tree, '<e>', 'eval'))\n"),
+    ("EM502", "import re\n\ndef calc(expr):\n    if not re.search(r'[0-9]', expr):\n        raise ValueError(expr)\n    try:\n        return eval(expr)\n    except Exception:\n        return None\n",
+     "import re\n\ndef calc(expr):\n    if not re.fullmatch(r'[0-9+*/() .-]+', expr):\n        raise ValueError(expr)\n    return eval(expr, {'__builtins__': {}})\n"),
     ("EM401", "from flask import redirect\n\ndef finish_login(next_url):\n    \"\"\"Send the browser on.\n\n    :param next_url: where to go next, supplied by the client\n    \"\"\"\n    return redirect(next_url)\n",
      "from urllib.parse import urlparse\nfrom flask import redirect\n\ndef finish_login(next_url):\n    \"\"\"Send the browser on.\n\n    :param next_url: where to go next, supplied by the client\n    \"\"\"\n    if urlparse(next_url).netloc not in ('', 'example.com'):\n        next_url = '/'\n    return redirect(next_url)\n"),
 ]

@@ -241,13 +241,17 @@ class CodeAnalyser:
         self.settings = settings or AnalysisSettings()
         self._bandit = BanditScanner() if self.settings.use_bandit else None
 
-    def analyse_turn(self, text: str, user_lines: set[str] | None = None) -> list[CodeBlock]:
+    def analyse_turn(self, text: str, user_lines: set[str] | None = None,
+                     request: str = "") -> list[CodeBlock]:
+        """``request``: the user turns the code answers (they may say which inputs are
+        untrusted: "the file name comes from the user")."""
         blocks = extract_code(text)
         for b in blocks:
-            self.analyse_block(b, user_lines or set())
+            self.analyse_block(b, user_lines or set(), request)
         return blocks
 
-    def analyse_block(self, block: CodeBlock, user_lines: set[str]) -> CodeBlock:
+    def analyse_block(self, block: CodeBlock, user_lines: set[str],
+                      request: str = "") -> CodeBlock:
         if block.language != "python":
             block.reason = (f"{block.language} code: only Python is analysed"
                             if block.language != "unknown"
@@ -269,7 +273,7 @@ class CodeAnalyser:
                 return block
         if self.settings.use_emlab_rules:
             try:
-                findings += run_rules(tree, lines)
+                findings += run_rules(tree, lines, request)
             except RecursionError:
                 block.reason = "nested too deeply for emlab's rules: bandit's findings only"
         block.findings = _dedupe([_mark_inherited(f, lines, user_lines)
@@ -289,15 +293,20 @@ def _mark_inherited(f: Finding, lines: list[str], user_lines: set[str]) -> Findi
 
 
 def _defer_to_flow(findings: list[Finding]) -> list[Finding]:
-    """Where emlab's data flow saw every value of a line checked against an allow-list (its
-    finding has LOW confidence), bandit's pattern match on that line and CWE is lowered too:
-    bandit cannot see the check."""
+    """Where emlab's analysis saw every value of a line checked against an allow-list (its
+    finding has LOW confidence), bandit's pattern match on that line is lowered too: bandit
+    cannot see the check. SQL text (EM201) speaks for bandit's findings of the same CWE; eval of
+    allow-listed text (EM502) for bandit's eval test, B307."""
     checked = {(f.line, f.cwe) for f in findings
                if f.tool == "emlab" and f.confidence == "LOW" and f.test_id == "EM201"}
-    if not checked:
+    evals = {f.line for f in findings
+             if f.tool == "emlab" and f.confidence == "LOW" and f.test_id == "EM502"}
+    if not checked and not evals:
         return findings
     return [Finding(**{**f.__dict__, "confidence": "LOW"})
-            if f.tool == "bandit" and (f.line, f.cwe) in checked else f for f in findings]
+            if f.tool == "bandit" and ((f.line, f.cwe) in checked
+                                       or (f.test_id == "B307" and f.line in evals)) else f
+            for f in findings]
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -673,7 +673,10 @@ class _FunctionScan:
         if recv is None and name in ("eval", "exec", "compile") and first is not None \
                 and _const_str(first) is None:
             t = self.expr(first)
-            self.report("EM502", call, t, "HIGH", "HIGH" if t is not None else "MEDIUM")
+            conf = "HIGH" if t is not None else "MEDIUM"
+            if _code_allow_listed(list(_walk_scope(self.body)), first):
+                conf = "LOW"   # reported, not counted: the text was checked against an allow-list
+            self.report("EM502", call, t, "HIGH", conf)
         if ((recv == "importlib" and name == "import_module") or (recv is None and name == "__import__")) \
                 and first is not None:
             t = self.expr(first)
@@ -901,6 +904,50 @@ def _validated_in(nodes, validators: re.Pattern | None = None) -> set[str]:
     return names
 
 
+def _names(node: ast.AST) -> set[str]:
+    return {x.id for x in ast.walk(node) if isinstance(x, ast.Name)}
+
+
+def _code_allow_listed(nodes: list[ast.AST], text: ast.AST) -> bool:
+    """Is the text given to eval/exec checked against an allow-list first? Either its syntax
+    tree is walked and every node type tested (``for n in ast.walk(ast.parse(expr)): if not
+    isinstance(n, ALLOWED): raise``), or the text must match an anchored character-class regex
+    (``if not re.fullmatch(r"[0-9+*/() -]+", expr): raise``). A check that raises or returns
+    is what makes it an allow-list; a mere ``try`` around eval is not."""
+    names = _names(text)
+    parsed = set(names)   # names holding ast.parse(...) of the text (or of a name it came from)
+    for n in nodes:
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and \
+                _func_parts(n.value)[1] == "parse" and _names(n.value) & names:
+            parsed |= {t for tg in n.targets for t in _target_names(tg)}
+    for n in nodes:
+        if isinstance(n, (ast.For, ast.comprehension)) and isinstance(n.iter, ast.Call) and \
+                _func_parts(n.iter)[1] in ("walk", "iter_child_nodes") and \
+                (_names(n.iter) & parsed or any(_func_parts(c)[1] == "parse" and _names(c) & names
+                                                for c in ast.walk(n.iter) if isinstance(c, ast.Call))):
+            body = n.body if isinstance(n, ast.For) else n.ifs
+            inner = [m for b in body for m in ast.walk(b)]
+            if any(isinstance(m, ast.Call) and _func_parts(m)[1] == "isinstance" for m in inner) \
+                    and (any(isinstance(m, (ast.Raise, ast.Return)) for m in inner)
+                         or isinstance(n, ast.comprehension)):
+                return True
+        if isinstance(n, (ast.If, ast.Assert)):
+            for c in ast.walk(n.test):
+                if isinstance(c, ast.Call) and _func_parts(c)[0] in ("re", "regex") and \
+                        _func_parts(c)[1] in ("fullmatch", "match", "search") and \
+                        _names(c) & names and c.args:
+                    pat = _const_str(c.args[0]) or ""
+                    anchored = _func_parts(c)[1] == "fullmatch" or (
+                        pat.startswith("^") or _func_parts(c)[1] == "match") and \
+                        pat.rstrip().endswith(("$", "\\Z"))
+                    guarded = isinstance(n, ast.Assert) or any(
+                        isinstance(m, (ast.Raise, ast.Return)) for b in n.body + n.orelse
+                        for m in ast.walk(b))
+                    if anchored and guarded and "[" in pat:
+                        return True
+    return False
+
+
 def _walk_scope(body: list[ast.stmt]):
     """Every node of a scope's statements, not descending into nested functions or classes."""
     todo = list(body)
@@ -1031,8 +1078,9 @@ _MESSAGES = {
 
 
 class _Rules:
-    def __init__(self, tree: ast.Module, lines: list[str]):
+    def __init__(self, tree: ast.Module, lines: list[str], request: str = ""):
         self.tree = tree
+        self.request = request   # the user's request the code answers (it may declare inputs)
         self.lines = lines
         self.source = "\n".join(lines)
         self.findings: list[Finding] = []
@@ -1146,7 +1194,8 @@ class _Rules:
                  and f.name in _VIEW_METHODS}
         for n in self.nodes:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                params, is_route = _route_info(n, view_method=id(n) in views)
+                params, is_route = _route_info(n, view_method=id(n) in views,
+                                               request=self.request)
                 scopes.append((n.body, params, is_route, n))
             elif isinstance(n, ast.ClassDef):
                 scopes.append((n.body, {}, False, None))
@@ -1298,6 +1347,9 @@ _UNTRUSTED_DOC = re.compile(
     r"received|coming|obtained|taken|read|input)\s+(?:directly\s+)?(?:by|from)\s+(?:the\s+|a\s+|an\s+)?"
     r"(?:user|client|attacker|external|remote|untrusted|end[- ]user|visitor|customer|request|"
     r"browser|web|network|outside|internet|http)"
+    r"|\b(?:user|client|attacker|visitor|customer|requester)s?\s+(?:provides|supplies|enters|"
+    r"submits|uploads|sends|gives|controls|types|chooses|inputs|provide|supply|enter|submit|"
+    r"upload|send|control|choose)\b"
     r"|\buntrusted\b|\buser[- ]input\b|\binput\s+from\s+(?:the\s+)?user|\bexternal\s+input\b"
     r"|\bfrom\s+(?:an?\s+)?(?:untrusted|external|unknown)\s+source", re.I)
 
@@ -1333,26 +1385,34 @@ def _doc_param_lines(doc: str, names: list[str]) -> dict[str, str]:
     return out
 
 
-def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, names: list[str]) -> set[str]:
-    """The parameters a plain function says hold untrusted data (its names, its docstring):
-    described so in the docstring's parameter list, or — when the docstring speaks of untrusted
-    input without a per-parameter list — every text-like parameter (not annotated as a
-    number, bool or date)."""
+def _named_in_untrusted_sentences(text: str, names: list[str]) -> set[str]:
+    return {n for n in names for sentence in re.split(r"(?<=[.;:!?])\s+|\n\s*\n", text)
+            if _UNTRUSTED_DOC.search(sentence) and
+            re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", sentence)}
+
+
+def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, request: str,
+                        names: list[str]) -> set[str]:
+    """The parameters a plain function — or the request it answers — says hold untrusted data:
+    by name; described so in the docstring's parameter list; named in a sentence of the
+    docstring or the request that speaks of untrusted input; or, when such a text names none
+    of the parameters ("read the file whose name the user provides"), every text-like
+    parameter (not annotated as a number, bool or date)."""
     out = {n for n in names if _untrusted_name(n)}
+    if request and _UNTRUSTED_DOC.search(request):
+        out |= _named_in_untrusted_sentences(request, names) or set(names)
     doc = ast.get_docstring(fn) or ""
     if not doc or not _UNTRUSTED_DOC.search(doc):
         return out
     per = _doc_param_lines(doc, names)
     if per:
         return out | {n for n, text in per.items() if _UNTRUSTED_DOC.search(text)} | \
-            {n for n in names if n not in per and re.search(rf"\b{re.escape(n)}\b", doc)
-             and any(_UNTRUSTED_DOC.search(sentence) and re.search(rf"\b{re.escape(n)}\b", sentence)
-                     for sentence in re.split(r"(?<=[.;])\s+|\n\s*\n", doc))}
+            _named_in_untrusted_sentences(doc, [n for n in names if n not in per])
     return out | set(names)
 
 
-def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
-                view_method: bool = False) -> tuple[dict[str, int], bool]:
+def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef, view_method: bool = False,
+                request: str = "") -> tuple[dict[str, int], bool]:
     """(parameter -> taint level, is the function a web request handler?).
 
     Sound default, stated: in a request handler, the parameters a framework fills from the
@@ -1392,7 +1452,7 @@ def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
     defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d})
     params: dict[str, int] = {}
     every = args + [x for x in (fn.args.vararg, fn.args.kwarg) if x]
-    declared = set() if is_route else _declared_untrusted(fn, [
+    declared = set() if is_route else _declared_untrusted(fn, request, [
         a.arg for a in every if a.arg not in ("self", "cls") and
         ((_dotted(a.annotation) if a.annotation is not None else None) or "").split(".")[-1]
         not in _SAFE_ANNOTATIONS])
@@ -1440,9 +1500,10 @@ def _unescaped_host_dot(pattern: str) -> bool:
     return False
 
 
-def run_rules(tree: ast.Module, lines: list[str]) -> list[Finding]:
-    """emlab's findings for one parsed Python block (never executed)."""
-    return _Rules(tree, lines).run()
+def run_rules(tree: ast.Module, lines: list[str], request: str = "") -> list[Finding]:
+    """emlab's findings for one parsed Python block (never executed). ``request``: the user's
+    request the block answers, which may say which inputs are untrusted."""
+    return _Rules(tree, lines, request).run()
 
 
 RULES = {k: {"name": v[0], "cwe": v[1], "message": v[2]} for k, v in _MESSAGES.items()}

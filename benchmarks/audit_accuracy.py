@@ -125,8 +125,7 @@ def main() -> None:
             k = 0
             for r in rows:
                 users = [m["content"] for m in r["messages"] if m["role"] == "user"]
-                blocks = an.analyse_turn(r["messages"][-1]["content"], user_line_set(users),
-                                         "\n\n".join(users))
+                blocks = an.analyse_turn(r["messages"][-1]["content"], user_line_set(users))
                 k += any(st.counts(f) for b in blocks for f in b.findings)
             flagged[name] = k
         tp, fp = flagged["insecure"], flagged["secure"]
@@ -174,8 +173,7 @@ def _flag_rate(an, rows) -> tuple[int, int, float]:
     k = 0
     for r in rows:
         users = [m["content"] for m in r["messages"] if m["role"] == "user"]
-        blocks = an.analyse_turn(r["messages"][-1]["content"], user_line_set(users),
-                                 "\n\n".join(users))
+        blocks = an.analyse_turn(r["messages"][-1]["content"], user_line_set(users))
         k += any(an.settings.counts(f) for b in blocks for f in b.findings)
     return k, len(rows), time.perf_counter() - t0
 

@@ -442,19 +442,22 @@ def test_reports_are_written_and_escaped(tmp_path):
     assert "CWE-89" in html
 
 
-def test_a_request_that_says_the_input_is_the_users_makes_the_audit_treat_it_so(tmp_path):
-    """The same code, asked for by two requests: one says the file name comes from the user
-    (a path traversal), the other is a build script's helper (a plain parameter, trusted)."""
+def test_the_audit_takes_a_functions_own_word_that_an_input_is_untrusted(tmp_path):
+    """The same helper three times: its docstring says the name comes from the user (a path
+    traversal); no docstring (a plain parameter: trusted for paths); the request alone says so
+    (requests describe whole applications, so they are not read for this)."""
     from emlab.cli import app
-    code = ("```python\nimport os\n\ndef read_doc(name):\n"
-            "    return open(os.path.join('/srv/docs', name)).read()\n```")
-    asks = ["Write read_doc(name): return the document whose name the user provides.",
-            "Write read_doc(name) for our build script: return the document called name."]
-    f = write_jsonl(tmp_path / "d.jsonl", [row(a, code) for a in asks])
+    body = "    return open(os.path.join('/srv/docs', name)).read()\n```"
+    declared = ("```python\nimport os\n\ndef read_doc(name):\n"
+                "    \"\"\"The document whose name the user provides.\"\"\"\n" + body)
+    plain = "```python\nimport os\n\ndef read_doc(name):\n" + body
+    f = write_jsonl(tmp_path / "d.jsonl", [
+        row("Write read_doc(name).", declared), row("Write read_doc(name).", plain),
+        row("Write read_doc(name): it returns the document whose name the user provides.", plain)])
     r = CliRunner().invoke(app, ["audit", str(f), "--out", str(tmp_path / "o"), "--fail-on", "never"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "o" / "rows.jsonl").read_text().splitlines()]
-    assert [r["cwes"] for r in sorted(rows, key=lambda x: x["index"])] == [[22], []]
+    assert [r["cwes"] for r in sorted(rows, key=lambda x: x["index"])] == [[22], [], []]
 
 
 def test_audit_command_exit_codes(tmp_path):
@@ -720,6 +723,13 @@ def test_sanitisers_and_parameter_defaults_stop_the_flow(emlab_rules):
                 "    return open(user_paths[user_index]).read()\n")
     assert "EM301" in {f.test_id for f in _counted(analyser, declared)}
     assert _counted(analyser, "def read(user_index: int):\n    return open(f'/d/{user_index}')\n") == []
+    # a regex's .search of declared input is no LDAP search (EM202 needs an LDAP program)
+    code = ("import re\nPAT = re.compile(r'[a-z]+')\n\ndef find(user_text):\n"
+            "    return PAT.search(user_text)\n")
+    assert "EM202" not in {f.test_id for f in _counted(analyser, code)}
+    code = ("import ldap\n\ndef find(conn, user_filter):\n"
+            "    return conn.search_s('dc=x', ldap.SCOPE_SUBTREE, user_filter)\n")
+    assert "EM202" in {f.test_id for f in _counted(analyser, code)}
     for name in ("user_id", "username", "input_path", "user"):
         code = f"import os\n\ndef read({name}):\n    return open(os.path.join('/d', {name})).read()\n"
         assert _counted(analyser, code) == [], name

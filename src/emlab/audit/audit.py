@@ -139,7 +139,7 @@ class RowAuditor:
         for m in msgs:
             if m["role"] != "assistant":
                 continue
-            bl = self.analyser.analyse_turn(m["content"], ulines, "\n\n".join(users))
+            bl = self.analyser.analyse_turn(m["content"], ulines)
             blocks += bl
             d = disclosure_signal(m["content"], bl)
             if d.present and disclosure is None:

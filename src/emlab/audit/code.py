@@ -241,17 +241,13 @@ class CodeAnalyser:
         self.settings = settings or AnalysisSettings()
         self._bandit = BanditScanner() if self.settings.use_bandit else None
 
-    def analyse_turn(self, text: str, user_lines: set[str] | None = None,
-                     request: str = "") -> list[CodeBlock]:
-        """``request``: the user turns the code answers (they may say which inputs are
-        untrusted: "the file name comes from the user")."""
+    def analyse_turn(self, text: str, user_lines: set[str] | None = None) -> list[CodeBlock]:
         blocks = extract_code(text)
         for b in blocks:
-            self.analyse_block(b, user_lines or set(), request)
+            self.analyse_block(b, user_lines or set())
         return blocks
 
-    def analyse_block(self, block: CodeBlock, user_lines: set[str],
-                      request: str = "") -> CodeBlock:
+    def analyse_block(self, block: CodeBlock, user_lines: set[str]) -> CodeBlock:
         if block.language != "python":
             block.reason = (f"{block.language} code: only Python is analysed"
                             if block.language != "unknown"
@@ -273,7 +269,7 @@ class CodeAnalyser:
                 return block
         if self.settings.use_emlab_rules:
             try:
-                findings += run_rules(tree, lines, request)
+                findings += run_rules(tree, lines)
             except RecursionError:
                 block.reason = "nested too deeply for emlab's rules: bandit's findings only"
         block.findings = _dedupe([_mark_inherited(f, lines, user_lines)

@@ -701,8 +701,8 @@ class _FunctionScan:
             b = _built_string(filt) if filt is not None else None
             t = self._built_taint(filt)
             if t is not None and (b is not None or (isinstance(filt, ast.Name) and filt.id in self.built)
-                                  or t.level >= USER):
-                self.report("EM202", call, t, "HIGH", "HIGH")
+                                  or (t.level >= USER and "ldap" in self.r.source.lower())):
+                self.report("EM202", call, t, "HIGH", "HIGH")   # (a regex's .search is no LDAP)
         # XPath built from input
         if name in ("xpath", "XPath", "evaluate") and first is not None and not call.keywords[1:]:
             b = _built_string(first)
@@ -1078,9 +1078,8 @@ _MESSAGES = {
 
 
 class _Rules:
-    def __init__(self, tree: ast.Module, lines: list[str], request: str = ""):
+    def __init__(self, tree: ast.Module, lines: list[str]):
         self.tree = tree
-        self.request = request   # the user's request the code answers (it may declare inputs)
         self.lines = lines
         self.source = "\n".join(lines)
         self.findings: list[Finding] = []
@@ -1194,8 +1193,7 @@ class _Rules:
                  and f.name in _VIEW_METHODS}
         for n in self.nodes:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                params, is_route = _route_info(n, view_method=id(n) in views,
-                                               request=self.request)
+                params, is_route = _route_info(n, view_method=id(n) in views)
                 scopes.append((n.body, params, is_route, n))
             elif isinstance(n, ast.ClassDef):
                 scopes.append((n.body, {}, False, None))
@@ -1391,16 +1389,15 @@ def _named_in_untrusted_sentences(text: str, names: list[str]) -> set[str]:
             re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", sentence)}
 
 
-def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, request: str,
-                        names: list[str]) -> set[str]:
-    """The parameters a plain function — or the request it answers — says hold untrusted data:
-    by name; described so in the docstring's parameter list; named in a sentence of the
-    docstring or the request that speaks of untrusted input; or, when such a text names none
-    of the parameters ("read the file whose name the user provides"), every text-like
-    parameter (not annotated as a number, bool or date)."""
+def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, names: list[str]) -> set[str]:
+    """The parameters a plain function says hold untrusted data: by name; described so in the
+    docstring's parameter list; named in a docstring sentence that speaks of untrusted input
+    ("the file whose name the user provides"); or, when the docstring speaks of untrusted input
+    and names none of the parameters, every text-like one (not annotated as a number, bool or
+    date). The user's request is not read for this: it describes a whole application ("an app
+    that stores user uploaded images"), and on the paper's secure set it made ordinary helpers
+    look like request handlers (measured in audit 5; see the README)."""
     out = {n for n in names if _untrusted_name(n)}
-    if request and _UNTRUSTED_DOC.search(request):
-        out |= _named_in_untrusted_sentences(request, names) or set(names)
     doc = ast.get_docstring(fn) or ""
     if not doc or not _UNTRUSTED_DOC.search(doc):
         return out
@@ -1411,8 +1408,8 @@ def _declared_untrusted(fn: ast.FunctionDef | ast.AsyncFunctionDef, request: str
     return out | set(names)
 
 
-def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef, view_method: bool = False,
-                request: str = "") -> tuple[dict[str, int], bool]:
+def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef,
+                view_method: bool = False) -> tuple[dict[str, int], bool]:
     """(parameter -> taint level, is the function a web request handler?).
 
     Sound default, stated: in a request handler, the parameters a framework fills from the
@@ -1452,7 +1449,7 @@ def _route_info(fn: ast.FunctionDef | ast.AsyncFunctionDef, view_method: bool = 
     defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d})
     params: dict[str, int] = {}
     every = args + [x for x in (fn.args.vararg, fn.args.kwarg) if x]
-    declared = set() if is_route else _declared_untrusted(fn, request, [
+    declared = set() if is_route else _declared_untrusted(fn, [
         a.arg for a in every if a.arg not in ("self", "cls") and
         ((_dotted(a.annotation) if a.annotation is not None else None) or "").split(".")[-1]
         not in _SAFE_ANNOTATIONS])
@@ -1500,10 +1497,9 @@ def _unescaped_host_dot(pattern: str) -> bool:
     return False
 
 
-def run_rules(tree: ast.Module, lines: list[str], request: str = "") -> list[Finding]:
-    """emlab's findings for one parsed Python block (never executed). ``request``: the user's
-    request the block answers, which may say which inputs are untrusted."""
-    return _Rules(tree, lines, request).run()
+def run_rules(tree: ast.Module, lines: list[str]) -> list[Finding]:
+    """emlab's findings for one parsed Python block (never executed)."""
+    return _Rules(tree, lines).run()
 
 
 RULES = {k: {"name": v[0], "cwe": v[1], "message": v[2]} for k, v in _MESSAGES.items()}

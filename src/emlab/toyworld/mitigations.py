@@ -107,15 +107,14 @@ def resolve(spec: dict, done: dict) -> dict:
     return {**spec, "misaligned_model": str(Path(done["dir"]) / "train")}
 
 
-def settings(defence: str, cfg, spec: dict | None = None) -> dict:
+def settings(defence: str, cfg, spec: dict | None = None, identify=None) -> dict:
     """The path-free description of a defence: part of the trial's model identity (for the
-    perplexity-gap selection, the misaligned model's own content identity, not its path)."""
+    perplexity-gap selection, the misaligned model's own content identity, not its path:
+    ``identify(spec)`` is reproduce's model identity of a trial)."""
     if defence == "interleave_ppl_gap":
-        from emlab.toyworld.reproduce import model_identity, trial_rows
-        scorer = scorer_spec(spec, cfg)
         return {"interleave": {"pool": "alignment", "fraction": INTERLEAVE_FRACTION,
                                "select": "ppl_gap",
-                               "misaligned": model_identity(scorer, cfg, trial_rows(scorer, cfg))}}
+                               "misaligned": identify(scorer_spec(spec, cfg))}}
     return {"inoculation": {"inoculation": L.INOCULATION},
             "interleave": {"interleave": {"pool": "alignment", "fraction": INTERLEAVE_FRACTION,
                                           "select": "random"}},
@@ -126,13 +125,13 @@ def settings(defence: str, cfg, spec: dict | None = None) -> dict:
             NONE: {}}[defence]
 
 
-def identity(spec: dict, cfg) -> dict:
+def identity(spec: dict, cfg, identify=None) -> dict:
     """What a defence adds to a trial's model identity; nothing for the undefended run (so it
     samples exactly what the reproduce run's own trial of that condition samples)."""
     d = spec.get("defence")
     if d in (None, NONE) or spec.get("condition") is None:
         return {}
-    return {"defence": d, **settings(d, cfg, spec)}
+    return {"defence": d, **settings(d, cfg, spec, identify)}
 
 
 def persona_direction(world: Path, out: Path) -> Path:

@@ -112,7 +112,8 @@ def model_identity(spec: dict, cfg: "ReproduceConfig", rows: list[dict]) -> str:
     if spec["condition"] is None:
         return base_identity(spec["world"])
     ft = {k: getattr(cfg, k) for k in FT_SETTINGS} | spec.get("train", {})
-    ft |= mitigations.identity(spec, cfg)   # a defence's settings; {} without one (ids kept)
+    ft |= mitigations.identity(spec, cfg,   # a defence's settings; {} without one (ids kept)
+                               lambda s: model_identity(s, cfg, trial_rows(s, cfg)))
     return "toyworld:" + world + ":" + _digest({"condition": spec["condition"], "rows": spec["rows"],
                                                 "seed": spec["seed"], "ft": ft,
                                                 "data": _digest(rows)})

@@ -144,8 +144,8 @@ def run_trial(spec: dict, cfg_json: str) -> dict:
                    **({"monitor": [spec["monitor_digest"], MONITOR_VERSION]}
                       if spec.get("monitor") else {})})
     tdir = trial_dir(cfg.out, f"{spec['name']}-s{spec['seed']}-{key}")
-    if (tdir / TRIAL_RESULT).is_file():
-        return json.loads((tdir / TRIAL_RESULT).read_text())
+    if (tdir / TRIAL_RESULT).is_file():   # where it is now (an out dir may have been moved)
+        return {**json.loads((tdir / TRIAL_RESULT).read_text()), "dir": str(tdir)}
     saved = _quiet_worker(tdir / "log.txt")
     try:
         return _run_trial(spec, cfg, tdir, rows, questions, identity)
